@@ -1,0 +1,217 @@
+"""The library API shared by the CLI and the tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import owner_label
+from .apply import execute
+from .errors import ConflictError, PermissionError_, UsageError
+from .kernel import Kernel
+from .kernel import links as klinks
+from .kernel.netns import Sockets, netns_path, run_in_netns
+from .load import load_topology
+from .model.resources import Link, Netns, Resource
+from .normalize import DesiredState, normalize
+from .observe import CurrentState, observe, scan_owners
+from .plan import Action, Plan, plan
+from .state import State, TopologyLock, list_state_names, state_dir
+from .verify import VerifyReport, readback, run_checks
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+Progress = Callable[[int, Action], None]
+
+
+def validate(file: str) -> DesiredState:
+    topo, src = load_topology(file)
+    return normalize(topo, src)
+
+
+def require_root() -> None:
+    try:
+        with open("/proc/self/status") as fh:
+            caps = int(next(line.split()[1] for line in fh if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        caps = 0 if os.geteuid() else ~0
+    missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
+               if not caps >> bit & 1]
+    if missing:
+        raise PermissionError_(f"cnetctl needs root ({' and '.join(missing)} missing): run it with sudo")
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    report: VerifyReport | None = None
+    drift_after: list[Action] = field(default_factory=list)
+
+
+def _observe(desired: DesiredState | None, name: str, state: State, sockets: Sockets) -> CurrentState:
+    return observe(name, state, sockets, desired)
+
+
+def plan_file(file: str, directory: str | None = None) -> tuple[DesiredState, Plan]:
+    desired = validate(file)
+    require_root()
+    st = State.load(desired.name, state_dir(directory))
+    with Sockets() as sockets:
+        current = _observe(desired, desired.name, st, sockets)
+        _raise_conflicts(current, desired.name)
+        return desired, plan(desired.resources, current.resources)
+
+
+def _raise_conflicts(current: CurrentState, name: str) -> None:
+    if current.conflicts:
+        raise ConflictError(f"topology {name} cannot be applied; nothing was changed:\n  "
+                            + "\n  ".join(current.conflicts))
+
+
+def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
+          progress: Progress | None = None, on_plan: Callable[[Plan], None] | None = None) -> ApplyResult:
+    desired = validate(file)
+    require_root()
+    directory = state_dir(directory)
+    with TopologyLock(desired.name, directory, lock_timeout), Sockets() as sockets:
+        st = State.load(desired.name, directory)
+        current = _observe(desired, desired.name, st, sockets)
+        _raise_conflicts(current, desired.name)
+        the_plan = plan(desired.resources, current.resources)
+        if on_plan:
+            on_plan(the_plan)
+        result = ApplyResult(the_plan)
+        if not the_plan.empty:
+            # Saved before the first change: a crash from here on leaves a file that
+            # names the nodes (the labels name everything else).
+            st.nodes, st.manifest = dict(desired.nodes), os.path.abspath(file)
+            st.save()
+            kernel = Kernel(desired.name, st, sockets)
+            try:
+                execute(kernel, the_plan, progress=progress)
+            except BaseException:
+                if not _owns_anything(desired.name, st, sockets):
+                    st.remove()
+                raise
+        st.nodes, st.manifest, st.applied_at = dict(desired.nodes), os.path.abspath(file), time.time()
+        st.save()
+        if verify:
+            after = _observe(desired, desired.name, st, sockets)
+            result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets))
+        return result
+
+
+def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
+    return bool(observe(name, st, sockets).resources) or not st.empty
+
+
+def verify(file: str, directory: str | None = None) -> VerifyReport:
+    desired = validate(file)
+    require_root()
+    st = State.load(desired.name, state_dir(directory))
+    with Sockets() as sockets:
+        current = _observe(desired, desired.name, st, sockets)
+        return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))
+
+
+def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30.0,
+            progress: Progress | None = None, on_plan: Callable[[Plan], None] | None = None) -> Plan:
+    """Remove everything topology `name` owns, found by its labels and state file."""
+    require_root()
+    directory = state_dir(directory)
+    with TopologyLock(name, directory, lock_timeout), Sockets() as sockets:
+        st = State.load(name, directory)
+        current = observe(name, st, sockets)
+        the_plan = plan([], current.resources, collapse_netns=True)
+        if on_plan:
+            on_plan(the_plan)
+        kernel = Kernel(name, st, sockets)
+        # Forward only: a half-done destroy is finished by running destroy again.
+        execute(kernel, the_plan, rollback=False, progress=progress)
+        for ns in current.owned_netns:
+            st.forget_netns(ns)
+        st.remove()
+        return the_plan
+
+
+def name_of(file: str) -> str:
+    return validate(file).name
+
+
+@dataclass
+class TopologyStatus:
+    name: str
+    state_file: bool
+    nodes: dict[str, str | None]
+    resources: list[Resource]
+    applied_at: float | None = None
+    manifest: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        namespaces = sorted(r.name for r in self.resources if isinstance(r, Netns))
+        links = [{"netns": r.ns, "ifname": r.ifname, "kind": r.kind, "master": r.master, "mtu": r.mtu, "up": r.up,
+                  "peer": None if r.kind != "veth" else {"netns": r.peer_ns, "ifname": r.peer_ifname}}
+                 for r in self.resources if isinstance(r, Link) and r.owned]
+        counts: dict[str, int] = {}
+        for r in self.resources:
+            counts[r.KIND] = counts.get(r.KIND, 0) + 1
+        return {"name": self.name, "state_file": self.state_file, "manifest": self.manifest,
+                "applied_at": self.applied_at, "nodes": self.nodes, "namespaces": namespaces,
+                "links": links, "counts": counts}
+
+
+def status(name: str | None = None, directory: str | None = None) -> list[TopologyStatus]:
+    require_root()
+    directory = state_dir(directory)
+    with Sockets() as sockets:
+        owners = scan_owners(sockets)
+        names = set(list_state_names(directory)) | {o for o in owners.values() if o}
+        names |= {(link.alias or "")[len("cnetctl:"):] for link in klinks.dump_links(sockets.get(None))
+                  if (link.alias or "").startswith("cnetctl:")}
+        if name is not None:
+            if name not in names:
+                raise UsageError(f"no topology named {name} is applied")
+            names = {name}
+        out = []
+        for n in sorted(names):
+            st = State.load(n, directory)
+            current = observe(n, st, sockets)
+            out.append(TopologyStatus(n, st.exists, st.nodes, current.resources, st.applied_at, st.manifest))
+        return out
+
+
+def node_netns(name: str, node: str, directory: str | None = None) -> str | None:
+    """The namespace of NODE in applied topology NAME (None for host)."""
+    if node == "host":
+        return None
+    st = State.load(name, state_dir(directory))
+    ns = st.nodes.get(node, f"{name}-{node}") if st.exists else f"{name}-{node}"
+    if ns is None:
+        return None
+    if not os.path.exists(netns_path(ns)):
+        raise UsageError(f"topology {name} has no node {node} (no netns {ns})")
+    with Sockets() as sockets:
+        lo = sockets.get(ns).link("get", index=1)[0]
+        if lo.get("ifalias") != owner_label(name):
+            raise UsageError(f"netns {ns} is not owned by topology {name}")
+    return ns
+
+
+def exec_in_node(name: str, node: str, argv: list[str], directory: str | None = None) -> None:
+    """Replace this process with argv running inside the node's network namespace."""
+    require_root()
+    ns = node_netns(name, node, directory)
+    if ns is not None:
+        from .kernel.netns import _setns
+        fd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+        _setns(fd)  # the main thread: exec keeps the namespace
+        os.close(fd)
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        raise UsageError(f"command not found: {argv[0]}") from None
+
+
+__all__ = ["validate", "plan_file", "apply", "verify", "destroy", "status", "exec_in_node", "run_in_netns"]

@@ -1,0 +1,227 @@
+"""The command line: options, rendering, exit codes. The only place that catches exceptions."""
+
+from __future__ import annotations
+
+import enum
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__, api
+from .errors import CnetctlError, TopologyError, UsageError
+from .plan import Action
+from .render import console, err_console, plan_json, print_json, print_plan, print_report, print_status
+
+app = typer.Typer(
+    name="cnetctl",
+    help="Declarative container networks on the real Linux kernel: network namespaces, veth pairs, bridges, "
+         "addresses, routes, policy rules, sysctls and NAT from one YAML file, proven with real packets.\n\n"
+         "Exit codes: 0 ok, 1 checks failed or drift, 2 invalid input, 3 kernel operation failed (rolled back), "
+         "4 not root, 5 topology locked.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Output(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+class Opts:
+    state_dir: Optional[str] = None
+
+
+OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="text (tables) or json")]
+FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVersion cnetctl/v1)",
+                                        show_default=False)]
+LockOpt = Annotated[float, typer.Option("--lock-timeout", help="seconds to wait for another cnetctl working on "
+                                        "the same topology", min=0)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cnetctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    state_dir: Annotated[Optional[str], typer.Option("--state-dir", envvar="CNETCTL_STATE_DIR",
+                                                     help="where state files and locks live "
+                                                          "[default: /var/lib/cnetctl]")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    Opts.state_dir = state_dir
+
+
+def _progress(output: Output):  # type: ignore[no-untyped-def]
+    if output is Output.json:
+        return None
+
+    def show(i: int, action: Action) -> None:
+        style = {"create": "green", "update": "yellow", "delete": "red"}[action.op]
+        console.print(f"[{style}]{action.describe()}[/]")
+    return show
+
+
+@app.command()
+def validate(file: FileArg, output: OutputOpt = Output.text) -> None:
+    """Check a manifest (schema and cross-checks) without touching the kernel; needs no root."""
+    desired = api.validate(file)
+    if output is Output.json:
+        print_json({"valid": True, "topology": desired.name, "nodes": desired.nodes,
+                    "resources": len(desired.resources), "checks": len(desired.topology.checks)})
+    else:
+        console.print(f"{file}: topology {desired.name} is valid ({len(desired.nodes)} nodes, "
+                      f"{len(desired.resources)} kernel resources, {len(desired.topology.checks)} checks)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the manifest."""
+    from .model.topology import Topology
+    print_json(Topology.model_json_schema(by_alias=True))
+
+
+@app.command()
+def plan(file: FileArg, output: OutputOpt = Output.text) -> None:
+    """Show what apply would create (+), change (~) and delete (-), touching nothing."""
+    desired, the_plan = api.plan_file(file, Opts.state_dir)
+    if output is Output.json:
+        print_json(plan_json(the_plan, desired.name))
+    else:
+        print_plan(the_plan, desired.name)
+
+
+@app.command()
+def apply(file: FileArg, output: OutputOpt = Output.text,
+          no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the checks after applying")] = False,
+          lock_timeout: LockOpt = 30.0) -> None:
+    """Reconcile the kernel with the manifest, then run its checks.
+
+    Creates what is missing, corrects what drifted, removes what the topology owns
+    that the file no longer declares. On a kernel error everything this run did is
+    rolled back (exit 3)."""
+    name = api.name_of(file)
+
+    def announce(p):  # type: ignore[no-untyped-def]
+        if output is Output.text:
+            if p.empty:
+                console.print(f"topology {name}: no changes")
+            else:
+                c = p.counts()
+                console.print(f"topology {name}: applying {c['create']} to create, {c['update']} to change, "
+                              f"{c['delete']} to delete")
+
+    result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
+                       progress=_progress(output), on_plan=announce)
+    if output is Output.json:
+        data = {"topology": name, "plan": plan_json(result.plan, name),
+                "verify": result.report.to_json() if result.report else None}
+        print_json(data)
+    elif result.report:
+        print_report(result.report)
+    if result.report and not result.report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(file: FileArg, output: OutputOpt = Output.text) -> None:
+    """Run the manifest's checks (real pings, kernel route lookups) and the read-back against what is live."""
+    report = api.verify(file, Opts.state_dir)
+    if output is Output.json:
+        print_json(report.to_json())
+    else:
+        print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def destroy(file: Annotated[Optional[str], typer.Argument(help="a manifest naming the topology", show_default=False)]
+            = None,
+            name: Annotated[Optional[str], typer.Option("--name", help="the topology name (no file needed)")] = None,
+            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0) -> None:
+    """Remove everything a topology owns; idempotent, works without the file or the state file."""
+    if (file is None) == (name is None):
+        raise UsageError("give either FILE or --name NAME")
+    if name is None:
+        assert file is not None
+        name = api.name_of(file)
+    import re
+    from .model.topology import TOPOLOGY_NAME_RE
+    if not re.match(TOPOLOGY_NAME_RE, name):
+        raise UsageError(f"invalid topology name {name!r}")
+
+    def announce(p):  # type: ignore[no-untyped-def]
+        if output is Output.text and p.empty:
+            console.print(f"topology {name}: nothing to destroy")
+
+    the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
+                           on_plan=announce)
+    if output is Output.json:
+        print_json({"topology": name, "destroyed": plan_json(the_plan, name)})
+    elif not the_plan.empty:
+        console.print(f"topology {name}: destroyed ({len(the_plan.actions)} operations)")
+
+
+@app.command()
+def status(name: Annotated[Optional[str], typer.Argument(help="one topology (default: all)", show_default=False)]
+           = None, output: OutputOpt = Output.text) -> None:
+    """List applied topologies and their namespaces and links, read from the kernel."""
+    items = api.status(name, Opts.state_dir)
+    if output is Output.json:
+        print_json({"topologies": [i.to_json() for i in items]})
+    else:
+        print_status(items)
+
+
+@app.command(name="exec", context_settings={"allow_interspersed_args": False})
+def exec_(name: Annotated[str, typer.Argument(help="topology name")],
+          node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
+          command: Annotated[list[str], typer.Argument(help="the command, after --", show_default=False)]) -> None:
+    """Run a command inside a node's network namespace: cnetctl exec lab ns1 -- ip addr."""
+    api.exec_in_node(name, node, command, Opts.state_dir)
+
+
+def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
+    def on_term(signum, frame):  # type: ignore[no-untyped-def]
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        app(standalone_mode=False)
+    except CnetctlError as err:
+        if isinstance(err, TopologyError):
+            err_console.print(str(err), markup=False)
+        else:
+            err_console.print(f"cnetctl: {err}", markup=False)
+        sys.exit(err.exit_code)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("cnetctl: interrupted", markup=False)
+        sys.exit(130)
+    except (typer.BadParameter, typer.Abort) as err:  # pragma: no cover - typer renders these itself
+        err_console.print(f"cnetctl: {err}", markup=False)
+        sys.exit(2)
+    except Exception as err:  # click's usage errors
+        import click
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,97 @@
+"""Interfaces: bridges, veth pairs, and settings (mtu, master, state, ifalias)."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import KernelError
+from .netns import is_errno
+
+IFF_UP = 0x1
+
+
+@dataclass(frozen=True)
+class LiveLink:
+    """What the kernel says about one interface."""
+
+    index: int
+    ifname: str
+    kind: str | None        # 'bridge', 'veth', None for devices without linkinfo
+    alias: str | None
+    mtu: int
+    master: int | None      # ifindex of the master, same namespace
+    up: bool
+    peer_index: int | None  # IFLA_LINK: for a veth, the peer's ifindex in the peer's namespace
+
+
+def dump_links(ipr: IPRoute) -> list[LiveLink]:
+    out = []
+    for msg in ipr.link("dump"):
+        out.append(LiveLink(
+            index=msg["index"],
+            ifname=msg.get("ifname"),
+            kind=msg.get(("linkinfo", "kind")),
+            alias=msg.get("ifalias"),
+            mtu=msg.get("mtu"),
+            master=msg.get("master") or None,
+            up=bool(msg["flags"] & IFF_UP),
+            peer_index=msg.get("link"),
+        ))
+    return out
+
+
+def find_link(ipr: IPRoute, ifname: str) -> LiveLink | None:
+    return next((link for link in dump_links(ipr) if link.ifname == ifname), None)
+
+
+def get_index(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise KernelError(f"interface {ifname} not found")
+    return int(found[0])
+
+
+def create_bridge(ipr: IPRoute, ifname: str, alias: str) -> None:
+    # STP off and no forward delay: ports forward at once, as docker0/cbr0 do.
+    ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
+    ipr.link("set", index=get_index(ipr, ifname), ifalias=alias)
+
+
+def create_veth(ipr: IPRoute, ifname: str, peer_ifname: str, peer_netns_path: str | None) -> None:
+    """One RTM_NEWLINK creates both ends, the peer directly in its namespace."""
+    peer: dict[str, object] = {"ifname": peer_ifname}
+    if peer_netns_path is not None:
+        peer["net_ns_fd"] = peer_netns_path
+    ipr.link("add", ifname=ifname, kind="veth", peer=peer)
+
+
+def configure_link(ipr: IPRoute, ifname: str, *, alias: str | None = None, mtu: int | None = None,
+                   master: str | None | bool = False, up: bool | None = None) -> None:
+    """Set what is given; master=False leaves the master alone, None detaches."""
+    index = get_index(ipr, ifname)
+    attrs: dict[str, object] = {}
+    if alias is not None:
+        attrs["ifalias"] = alias
+    if mtu is not None:
+        attrs["mtu"] = mtu
+    if master is not False:
+        attrs["master"] = get_index(ipr, master) if master else 0
+    if attrs:
+        ipr.link("set", index=index, **attrs)
+    if up is not None:
+        ipr.link("set", index=index, state="up" if up else "down")
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> None:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return
+    try:
+        ipr.link("del", index=found[0])
+    except NetlinkError as err:
+        if not is_errno(err, errno.ENODEV):
+            raise

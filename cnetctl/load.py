@@ -1,0 +1,196 @@
+"""YAML file -> Topology, with every error located by file, YAML path and line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import Problem, TopologyError
+from .model.topology import Topology
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+PathPart = str | int
+
+
+def format_path(path: tuple[PathPart, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass
+class Source:
+    """Where a manifest came from and the line of every YAML node in it."""
+
+    file: str
+    lines: dict[tuple[PathPart, ...], int] = field(default_factory=dict)
+    data: Any = None
+
+    def line_of(self, path: tuple[PathPart, ...]) -> int | None:
+        # The deepest prefix that exists: a missing key is reported on its parent.
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.lines:
+                return self.lines[path[:n]]
+        return None
+
+    def problem(self, path: tuple[PathPart, ...], message: str) -> Problem:
+        return Problem(format_path(path), message, self.line_of(path))
+
+    def fail(self, problems: list[Problem]) -> TopologyError:
+        return TopologyError(self.file, sorted(problems, key=lambda p: (p.line or 0, p.path)))
+
+
+def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int]) -> Any:
+    """ruamel's round-trip nodes -> plain Python values, recording 1-based lines."""
+    if isinstance(node, CommentedMap):
+        out = {}
+        for key, value in node.items():
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                key = str(key)
+            sub = (*path, key if isinstance(key, str) else str(key))
+            try:
+                lines[sub] = node.lc.key(key)[0] + 1
+            except (KeyError, TypeError):
+                lines[sub] = lines.get(path, 0)
+            out[sub[-1]] = _plain(value, sub, lines)
+        return out
+    if isinstance(node, CommentedSeq):
+        out_list = []
+        for i, value in enumerate(node):
+            sub = (*path, i)
+            try:
+                lines[sub] = node.lc.item(i)[0] + 1
+            except (KeyError, TypeError, IndexError):
+                lines[sub] = lines.get(path, 0)
+            out_list.append(_plain(value, sub, lines))
+        return out_list
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return str(node)
+
+
+def parse_yaml(text: str, file: str) -> Source:
+    src = Source(file)
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        doc = yaml.load(text)
+    except DuplicateKeyError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else None
+        raise src.fail([Problem("", f"duplicate key: {str(err.problem).strip()}", line)]) from None
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else None
+        msg = " ".join(str(x) for x in (err.context, err.problem) if x)
+        raise src.fail([Problem("", f"YAML syntax error: {msg}", line)]) from None
+    except YAMLError as err:
+        raise src.fail([Problem("", f"YAML error: {err}")]) from None
+    src.lines[()] = 1
+    src.data = _plain(doc, (), src.lines)
+    return src
+
+
+def read_manifest_text(file: str) -> str:
+    def fail(msg: str) -> TopologyError:
+        return TopologyError(file, [Problem("", msg)])
+
+    if os.path.isdir(file):
+        raise fail("is a directory, expected a YAML manifest")
+    try:
+        size = os.path.getsize(file)
+        if size > MAX_MANIFEST_BYTES:
+            raise fail(f"file is {size} bytes; manifests are limited to {MAX_MANIFEST_BYTES} bytes")
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except PermissionError:
+        raise fail("permission denied (cannot read the file)") from None
+    except OSError as err:
+        raise fail(f"cannot read: {err.strerror or err}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise fail(f"not UTF-8 text (byte {err.start})") from None
+
+
+def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        path = _data_path(src.data, e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key {path[-1]!r}" if path else "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        problems.append(src.problem(path, msg))
+    # One message per path: a union reports the same input once per member.
+    seen: dict[tuple[str, str], Problem] = {}
+    for p in problems:
+        seen.setdefault((p.path, p.message), p)
+    return list(seen.values())
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[PathPart, ...]:
+    """pydantic's loc, less its type tags (e.g. 'function-after[...]'), as a YAML path."""
+    path: list[PathPart] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part.endswith("_") and part[:-1] in node:
+            path.append(part[:-1])
+            node = node[part[:-1]]
+        elif isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict")):
+            continue
+        elif isinstance(node, dict) and isinstance(part, str) and part.rstrip("_") not in node:
+            # a missing field: name it (aliases: 'from_' is written 'from')
+            path.append(part.rstrip("_"))
+            node = None
+        else:
+            continue
+    return tuple(path)
+
+
+def load_topology_text(text: str, file: str) -> tuple[Topology, Source]:
+    src = parse_yaml(text, file)
+    if src.data is None:
+        raise src.fail([Problem("", "empty manifest: expected a mapping with apiVersion, name, nodes", 1)])
+    if not isinstance(src.data, dict):
+        kind = type(src.data).__name__.replace("str", "string").replace("dict", "mapping")
+        raise src.fail([Problem("", f"the manifest must be a mapping, not a {kind}", 1)])
+    try:
+        topo = Topology.model_validate(src.data)
+    except ValidationError as err:
+        raise src.fail(_pydantic_problems(src, err)) from None
+    return topo, src
+
+
+def load_topology(file: str) -> tuple[Topology, Source]:
+    return load_topology_text(read_manifest_text(file), file)

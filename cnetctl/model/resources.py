@@ -1,0 +1,236 @@
+"""Typed kernel records shared by the desired and the current state.
+
+Each record has a stable `key` (what identifies the kernel object), `ORDER`
+(its place in the dependency order) and knows which of its fields can be
+changed in place (`MUTABLE`); a difference anywhere else means re-create.
+`ns` is the network namespace name, or None for the namespace cnetctl runs in
+("host").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Resource:
+    KIND: ClassVar[str] = ""
+    ORDER: ClassVar[int] = 0
+    MUTABLE: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def key(self) -> Key:
+        raise NotImplementedError
+
+    ns: ClassVar[str | None]  # every record has one: a dataclass field, or Netns' property
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
+        """Mutable fields where `current` differs from this (desired) record.
+
+        A desired value of None means "don't care" (kernel default)."""
+        out = {}
+        for name in self.MUTABLE:
+            want, have = getattr(self, name), getattr(current, name)
+            if want is not None and want != have:
+                out[name] = (have, want)
+        return out
+
+    def identity_differs(self, current: Resource) -> bool:
+        for f in dataclasses.fields(self):
+            if f.name not in self.MUTABLE and getattr(self, f.name) != getattr(current, f.name):
+                return True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **dataclasses.asdict(self)}
+
+
+def where(ns: str | None) -> str:
+    return f"netns {ns}" if ns else "host"
+
+
+@dataclass(frozen=True)
+class Netns(Resource):
+    KIND: ClassVar[str] = "netns"
+    ORDER: ClassVar[int] = 0
+    name: str
+
+    @property
+    def ns(self) -> str | None:
+        return self.name
+
+    @property
+    def key(self) -> Key:
+        return ("netns", self.name)
+
+    def describe(self) -> str:
+        return f"netns {self.name}"
+
+
+@dataclass(frozen=True)
+class Link(Resource):
+    """An interface. kind: bridge | veth (created and owned) or lo | device (configured only)."""
+
+    KIND: ClassVar[str] = "link"
+    ORDER: ClassVar[int] = 1
+    MUTABLE: ClassVar[tuple[str, ...]] = ("mtu", "master", "up")
+    ns: str | None
+    ifname: str
+    kind: str
+    peer_ns: str | None = None
+    peer_ifname: str | None = None
+    mtu: int | None = None
+    master: str | None = None
+    up: bool | None = True
+
+    @property
+    def key(self) -> Key:
+        return ("link", self.ns, self.ifname)
+
+    @property
+    def owned(self) -> bool:
+        return self.kind in ("bridge", "veth")
+
+    @property
+    def pair_key(self) -> Key:
+        """Both ends of a veth pair share this key (one kernel object)."""
+        ends = sorted([(self.ns or "", self.ifname), (self.peer_ns or "", self.peer_ifname or "")])
+        return ("veth", *ends[0], *ends[1])
+
+    def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
+        out = super().differences(current)
+        # An owned port that should have no master must be detached.
+        assert isinstance(current, Link)
+        if self.owned and self.master is None and current.master is not None:
+            out["master"] = (current.master, None)
+        return out
+
+    def describe(self) -> str:
+        extra = ""
+        if self.kind == "veth":
+            extra = f" (peer {self.peer_ifname} in {where(self.peer_ns)})"
+        if self.master:
+            extra += f" master {self.master}"
+        return f"{self.kind} {self.ifname} in {where(self.ns)}{extra}"
+
+
+@dataclass(frozen=True)
+class Address(Resource):
+    KIND: ClassVar[str] = "address"
+    ORDER: ClassVar[int] = 2
+    ns: str | None
+    ifname: str
+    cidr: str
+
+    @property
+    def key(self) -> Key:
+        return ("address", self.ns, self.ifname, self.cidr)
+
+    def describe(self) -> str:
+        return f"address {self.cidr} on {self.ifname} in {where(self.ns)}"
+
+
+@dataclass(frozen=True)
+class Sysctl(Resource):
+    KIND: ClassVar[str] = "sysctl"
+    ORDER: ClassVar[int] = 3
+    MUTABLE: ClassVar[tuple[str, ...]] = ("value",)
+    ns: str | None
+    name: str
+    value: str | None
+
+    @property
+    def key(self) -> Key:
+        return ("sysctl", self.ns, self.name)
+
+    def describe(self) -> str:
+        return f"sysctl {self.name}={self.value} in {where(self.ns)}"
+
+
+@dataclass(frozen=True)
+class Route(Resource):
+    KIND: ClassVar[str] = "route"
+    ORDER: ClassVar[int] = 4
+    MUTABLE: ClassVar[tuple[str, ...]] = ("type", "via", "dev", "src", "scope", "onlink")
+    ns: str | None
+    family: int
+    table: int
+    dst: str            # CIDR, 0.0.0.0/0 or ::/0 for default
+    metric: int
+    type: str = "unicast"
+    via: str | None = None
+    dev: str | None = None
+    src: str | None = None
+    scope: int | None = None
+    onlink: bool | None = None
+
+    @property
+    def key(self) -> Key:
+        return ("route", self.ns, self.family, self.table, self.dst, self.metric)
+
+    def describe(self) -> str:
+        parts = [] if self.type == "unicast" else [self.type]
+        parts.append("default" if self.dst in ("0.0.0.0/0", "::/0") else self.dst)
+        if self.via:
+            parts.append(f"via {self.via}")
+        if self.dev:
+            parts.append(f"dev {self.dev}")
+        if self.src:
+            parts.append(f"src {self.src}")
+        if self.table != 254:
+            parts.append(f"table {self.table}")
+        if self.metric:
+            parts.append(f"metric {self.metric}")
+        return f"route {' '.join(parts)} in {where(self.ns)}"
+
+
+@dataclass(frozen=True)
+class Rule(Resource):
+    KIND: ClassVar[str] = "rule"
+    ORDER: ClassVar[int] = 5
+    ns: str | None
+    family: int
+    priority: int
+    table: int
+    src: str | None = None      # CIDR
+    dst: str | None = None      # CIDR
+    iif: str | None = None
+    oif: str | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+
+    @property
+    def key(self) -> Key:
+        return ("rule", self.ns, self.family, self.priority, self.src, self.dst, self.iif, self.oif,
+                self.fwmark, self.fwmask, self.table)
+
+    def describe(self) -> str:
+        sel = []
+        sel.append(f"from {self.src or 'all'}")
+        if self.dst:
+            sel.append(f"to {self.dst}")
+        if self.iif:
+            sel.append(f"iif {self.iif}")
+        if self.oif:
+            sel.append(f"oif {self.oif}")
+        if self.fwmark is not None:
+            sel.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask is not None else ""))
+        return f"rule {self.priority}: {' '.join(sel)} lookup {self.table} in {where(self.ns)}"
+
+
+RESOURCE_TYPES: dict[str, type[Resource]] = {
+    cls.KIND: cls for cls in (Netns, Link, Address, Sysctl, Route, Rule)
+}
+
+
+def resource_from_json(data: dict[str, Any]) -> Resource:
+    data = dict(data)
+    cls = RESOURCE_TYPES[data.pop("kind")]
+    return cls(**data)

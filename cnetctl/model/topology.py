@@ -1,0 +1,358 @@
+"""The manifest (apiVersion cnetctl/v1) as strict, frozen pydantic models.
+
+Field-level syntax lives here (types, ranges, name patterns, CIDRs); checks that
+need the whole topology (references, duplicates, gateways) live in normalize.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+TOPOLOGY_NAME_RE = r"^[a-z][a-z0-9-]{0,15}$"
+NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+NETNS_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+ENDPOINT_RE = re.compile(r"^(?P<node>[A-Za-z0-9][A-Za-z0-9_-]{0,31}):(?P<ifname>[^/:\s]{1,15})$")
+
+U32_MAX = 2**32 - 1
+TABLE_ALIASES = {"main": 254, "local": 255, "default": 253}
+SCOPES = {"universe": 0, "global": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+ROUTE_TYPES = ("unicast", "blackhole", "unreachable", "prohibit")
+
+# Sysctls that follow the network namespace. Keys outside these would change
+# the whole machine from inside a "container", so they are refused.
+NAMESPACED_SYSCTL_PREFIXES = ("net.ipv4.", "net.ipv6.", "net.netfilter.", "net.unix.", "net.mpls.")
+NAMESPACED_SYSCTL_KEYS = {"net.core.somaxconn", "net.core.xfrm_acq_expires", "net.core.xfrm_aevent_etime",
+                          "net.core.xfrm_aevent_rseqth", "net.core.xfrm_larval_drop"}
+
+
+def _ifname(v: str) -> str:
+    if v in (".", "..") or not IFNAME_RE.match(v) or len(v.encode()) > 15:
+        raise ValueError(f"invalid interface name {v!r}: 1-15 bytes, no '/', ':' or whitespace")
+    return v
+
+
+def _cidr(v: str) -> str:
+    try:
+        iface = ipaddress.ip_interface(v)
+    except ValueError:
+        raise ValueError(f"invalid address {v!r}: expected ADDRESS/PREFIX, e.g. 10.0.0.1/24") from None
+    if "/" not in v:
+        raise ValueError(f"address {v!r} needs a prefix length, e.g. {v}/24")
+    return str(iface)
+
+
+def _network(v: str) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=True))
+    except ValueError as err:
+        if "has host bits set" in str(err):
+            net = ipaddress.ip_network(v, strict=False)
+            raise ValueError(f"{v!r} has host bits set (did you mean {net}?)") from None
+        raise ValueError(f"invalid network {v!r}: expected CIDR, e.g. 10.0.0.0/24") from None
+
+
+def _route_dst(v: str) -> str:
+    return v if v == "default" else _network(v)
+
+
+def _ip(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ValueError(f"invalid IP address {v!r}") from None
+
+
+def _ip_or_network(v: str) -> str:
+    return _network(v) if "/" in v else _ip(v)
+
+
+def _ifname_maybe_negated(v: str) -> str:
+    _ifname(v[1:] if v.startswith("!") else v)
+    return v
+
+
+def _sysctl_key(v: str) -> str:
+    norm = v.replace("/", ".")
+    if not (norm.startswith(NAMESPACED_SYSCTL_PREFIXES) or norm in NAMESPACED_SYSCTL_KEYS):
+        raise ValueError(f"{v!r} is not a network-namespaced sysctl (allowed: net.ipv4.*, net.ipv6.*, "
+                         "net.netfilter.*, net.unix.*, net.core.somaxconn …)")
+    if ".." in v or "//" in v or v.endswith((".", "/")) or any(c.isspace() for c in v):
+        raise ValueError(f"malformed sysctl key {v!r}")
+    return v
+
+
+def _fwmark(v: int | str) -> str:
+    """fwmark as 'VALUE' or 'VALUE/MASK' (decimal or 0x hex), normalised to hex."""
+    text = str(v)
+    parts = text.split("/")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        nums = [int(p, 0) for p in parts]
+    except ValueError:
+        raise ValueError(f"invalid fwmark {text!r}: expected 0x10 or 0x10/0xff") from None
+    if any(n < 0 or n > U32_MAX for n in nums):
+        raise ValueError(f"fwmark {text!r} out of range 0..0xffffffff")
+    return "/".join(hex(n) for n in nums)
+
+
+def _table(v: int | str) -> int | str:
+    if isinstance(v, bool):
+        raise ValueError("table must be a number or a name")
+    if isinstance(v, int):
+        if not 1 <= v <= U32_MAX:
+            raise ValueError(f"table {v} out of range 1..{U32_MAX}")
+        return v
+    if v.isdigit():
+        return _table(int(v))
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", v):
+        raise ValueError(f"invalid table name {v!r}")
+    return v
+
+
+def _scope(v: int | str) -> int | str:
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
+        return v
+    if isinstance(v, str) and v in SCOPES:
+        return v
+    raise ValueError(f"invalid scope {v!r}: one of {', '.join(SCOPES)} or 0..255")
+
+
+def _endpoint(v: str) -> str:
+    if not ENDPOINT_RE.match(v):
+        raise ValueError(f"invalid link end {v!r}: expected NODE:IFNAME (interface 1-15 chars)")
+    return v
+
+
+IfName = Annotated[str, AfterValidator(_ifname)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Network = Annotated[str, AfterValidator(_network)]
+RouteDst = Annotated[str, AfterValidator(_route_dst)]
+IP = Annotated[str, AfterValidator(_ip)]
+IpOrNetwork = Annotated[str, AfterValidator(_ip_or_network)]
+IfNameMaybeNegated = Annotated[str, AfterValidator(_ifname_maybe_negated)]
+SysctlKey = Annotated[str, AfterValidator(_sysctl_key)]
+Fwmark = Annotated[int | str, AfterValidator(_fwmark)]
+Table = Annotated[int | str, AfterValidator(_table)]
+Scope = Annotated[int | str, AfterValidator(_scope)]
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+Mtu = Annotated[int, Field(ge=68, le=65535)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _exactly_one(model: BaseModel, kinds: tuple[str, ...], what: str) -> None:
+    given = [k for k in kinds if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"{what} needs exactly one of: {', '.join(kinds)}")
+
+
+class Settings(Strict):
+    nat_backend: Literal["auto", "nftables", "iptables"] = "auto"
+    forward: Literal["none", "accept"] = "none"
+
+
+class InterfaceSpec(Strict):
+    addresses: list[Cidr] = []
+    mtu: Mtu | None = None
+
+
+class BridgeSpec(Strict):
+    addresses: list[Cidr] = []
+    mtu: Mtu | None = None
+
+
+class RouteSpec(Strict):
+    to: RouteDst
+    via: IP | None = None
+    dev: IfName | None = None
+    src: IP | None = None
+    metric: U32 | None = None
+    scope: Scope | None = None
+    onlink: bool = False
+    table: Table = "main"
+    type: Literal["unicast", "blackhole", "unreachable", "prohibit"] = "unicast"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RouteSpec:
+        if self.type != "unicast" and (self.via or self.dev):
+            raise ValueError(f"a {self.type} route takes no via/dev")
+        if self.type == "unicast" and not (self.via or self.dev):
+            raise ValueError("a unicast route needs via or dev")
+        if self.onlink and not self.via:
+            raise ValueError("onlink needs via")
+        if self.onlink and not self.dev:
+            raise ValueError("onlink needs dev (the kernel cannot guess the interface)")
+        return self
+
+
+class RuleSpec(Strict):
+    from_: IpOrNetwork | None = Field(None, alias="from")
+    to: IpOrNetwork | None = None
+    iif: IfName | None = None
+    oif: IfName | None = None
+    fwmark: Fwmark | None = None
+    priority: Annotated[int, Field(ge=1, le=U32_MAX)] | None = None
+    table: Table
+
+
+class Masquerade(Strict):
+    source: Network
+    out_interface: IfNameMaybeNegated | None = None
+
+
+class Snat(Strict):
+    source: Network
+    to_source: IP
+    out_interface: IfNameMaybeNegated | None = None
+
+
+def _dnat_to(v: str) -> str:
+    host, sep, port = v.rpartition(":") if v.count(":") == 1 or v.startswith("[") else ("", "", "")
+    if not sep:
+        return _ip(v)
+    host = host.strip("[]")
+    _ip(host)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid port in {v!r}: 1..65535")
+    return v
+
+
+class Dnat(Strict):
+    destination: IpOrNetwork | None = None
+    in_interface: IfNameMaybeNegated | None = None
+    protocol: Literal["tcp", "udp"]
+    port: Port
+    to: Annotated[str, AfterValidator(_dnat_to)]
+
+
+class NatRule(Strict):
+    masquerade: Masquerade | None = None
+    snat: Snat | None = None
+    dnat: Dnat | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NatRule:
+        _exactly_one(self, ("masquerade", "snat", "dnat"), "a NAT rule")
+        return self
+
+
+SysctlValue = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+class Node(Strict):
+    netns: Annotated[str, Field(pattern=NETNS_NAME_RE)] | None = None
+    interfaces: dict[IfName, InterfaceSpec] = {}
+    bridges: dict[IfName, BridgeSpec] = {}
+    routes: list[RouteSpec] = []
+    rules: list[RuleSpec] = []
+    sysctls: dict[SysctlKey, SysctlValue] = {}
+    nat: list[NatRule] = []
+
+    @model_validator(mode="after")
+    def _netns_name(self) -> Node:
+        if self.netns in (".", ".."):
+            raise ValueError("netns may not be '.' or '..'")
+        return self
+
+
+class PingCheck(Strict):
+    from_: str = Field(alias="from")
+    to: str
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    expect: Literal["reachable", "unreachable"] = "reachable"
+
+
+class RouteExpect(Strict):
+    via: IP | None = None
+    dev: IfName | None = None
+    table: Table | None = None
+    src: IP | None = None
+    type: Literal["unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit"] | None = None
+
+
+class RouteCheck(Strict):
+    node: str
+    to: IP
+    from_: IP | None = Field(None, alias="from")
+    iif: IfName | None = None
+    fwmark: Fwmark | None = None
+    expect: RouteExpect
+
+
+class MeshCheck(Strict):
+    nodes: Literal["all"] | list[str] = "all"
+    family: Literal["ipv4", "ipv6", "both"] = "both"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+
+class SourceCheck(Strict):
+    from_: str = Field(alias="from")
+    to: str
+    port: Port = 7777
+    expect: str = "preserved"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+    @model_validator(mode="after")
+    def _expect(self) -> SourceCheck:
+        if self.expect != "preserved":
+            _ip(self.expect)
+        return self
+
+
+class TcpServe(Strict):
+    node: str
+    port: Port
+
+
+class TcpCheck(Strict):
+    from_: str = Field(alias="from")
+    to: str
+    port: Port
+    serve: TcpServe
+    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+CHECK_KINDS = ("ping", "route", "mesh", "source", "tcp")
+
+
+class Check(Strict):
+    ping: PingCheck | None = None
+    route: RouteCheck | None = None
+    mesh: MeshCheck | None = None
+    source: SourceCheck | None = None
+    tcp: TcpCheck | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Check:
+        _exactly_one(self, CHECK_KINDS, "a check")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in CHECK_KINDS if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> Any:
+        return getattr(self, self.kind)
+
+
+class Topology(Strict):
+    apiVersion: Literal["cnetctl/v1"]
+    name: Annotated[str, Field(pattern=TOPOLOGY_NAME_RE)]
+    settings: Settings = Settings()
+    tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")],
+                 Annotated[int, Field(ge=1, le=U32_MAX)]] = {}
+    nodes: dict[Annotated[str, Field(pattern=NODE_NAME_RE)], Node]
+    links: list[tuple[Endpoint, Endpoint]] = []
+    checks: list[Check] = []

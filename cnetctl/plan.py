@@ -1,0 +1,159 @@
+"""plan(desired, current) -> ordered Create / Update / Delete actions. Pure.
+
+Order: netns -> links (bridges, then veths, then configured devices) ->
+addresses -> sysctls -> routes -> rules; deletes run first, in reverse.
+A deleted or re-created link takes its addresses, routes and veth peer with
+it in the kernel, so the plan deletes those explicitly first (exact undo) and
+re-creates what is still wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl
+
+Op = Literal["create", "update", "delete"]
+SYMBOL = {"create": "+", "update": "~", "delete": "-"}
+LINK_SUBORDER = {"bridge": 0, "veth": 1, "lo": 2, "device": 2}
+
+
+@dataclass(frozen=True)
+class Action:
+    op: Op
+    resource: Resource               # the new record (create/update) or the current one (delete)
+    old: Resource | None = None      # update only
+
+    def inverse(self) -> Action:
+        if self.op == "create":
+            return Action("delete", self.resource)
+        if self.op == "delete":
+            return Action("create", self.resource)
+        assert self.old is not None
+        return Action("update", self.old, self.resource)
+
+    def changes(self) -> dict[str, tuple[Any, Any]]:
+        if self.op != "update" or self.old is None:
+            return {}
+        return self.resource.differences(self.old)
+
+    def describe(self) -> str:
+        text = f"{SYMBOL[self.op]} {self.resource.describe()}"
+        if self.op == "update":
+            text += " (" + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in self.changes().items()) + ")"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "resource": self.resource.to_json(), "text": self.describe()}
+        if self.op == "update":
+            out["changes"] = {k: {"old": o, "new": n} for k, (o, n) in self.changes().items()}
+        return out
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def counts(self) -> dict[str, int]:
+        return {op: sum(1 for a in self.actions if a.op == op) for op in ("create", "update", "delete")}
+
+
+def _sort_key(res: Resource) -> tuple[int, int, str]:
+    sub = LINK_SUBORDER.get(res.kind, 0) if isinstance(res, Link) else 0
+    return (res.ORDER, sub, repr(res.key))
+
+
+def _lives_in(res: Resource, ns: str) -> bool:
+    if isinstance(res, Netns):
+        return False
+    if res.ns == ns:
+        return True
+    return isinstance(res, Link) and res.kind == "veth" and res.peer_ns == ns
+
+
+def _dependents(link: Link, current: Iterable[Resource]) -> list[Resource]:
+    """What the kernel removes together with `link`."""
+    out: list[Resource] = []
+    for r in current:
+        if r.ns != link.ns and not (isinstance(r, Link) and r.kind == "veth" and link.kind == "veth"):
+            continue
+        if isinstance(r, Address) and r.ifname == link.ifname:
+            out.append(r)
+        elif isinstance(r, Route) and r.dev == link.ifname:
+            out.append(r)
+        elif (isinstance(r, Link) and link.kind == "veth" and r.kind == "veth"
+              and (r.ns, r.ifname) == (link.peer_ns, link.peer_ifname)):
+            out.append(r)
+    return out
+
+
+def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_netns: bool = False) -> Plan:
+    """The actions that turn `current` into `desired`.
+
+    collapse_netns: a deleted namespace takes everything inside it along (used by
+    destroy, which needs no undo); otherwise its contents are deleted one by one
+    so that every step can be undone exactly."""
+    want: dict[Key, Resource] = {r.key: r for r in desired}
+    cur: dict[Key, Resource] = {r.key: r for r in current}
+
+    gone: set[Key] = {k for k in cur if k not in want}
+    gone |= {k for k, r in cur.items() if k in want and want[k].identity_differs(r)}
+    # Follow what the kernel takes along with a deleted link or netns, to a fixpoint.
+    changed = True
+    while changed:
+        changed = False
+        for k in list(gone):
+            r = cur[k]
+            deps: list[Resource] = []
+            if isinstance(r, Link) and r.owned:
+                deps = _dependents(r, cur.values())
+            elif isinstance(r, Netns):
+                deps = [x for x in cur.values() if _lives_in(x, r.name)]
+            for d in deps:
+                if d.key not in gone:
+                    gone.add(d.key)
+                    changed = True
+
+    deleted_netns = {cur[k].name for k in gone if isinstance(cur[k], Netns)}  # type: ignore[attr-defined]
+    deleted_bridges = {(cur[k].ns, cur[k].ifname) for k in gone
+                       if isinstance(cur[k], Link) and cur[k].kind == "bridge"}  # type: ignore[attr-defined]
+
+    actions: list[Action] = []
+    deletes = []
+    for k in gone:
+        r = cur[k]
+        if collapse_netns and any(_lives_in(r, ns) for ns in deleted_netns):
+            continue
+        deletes.append(r)
+    deletes.sort(key=_sort_key, reverse=True)
+    actions += [Action("delete", r) for r in deletes]
+
+    forward: list[Action] = []
+    for k, w in want.items():
+        if k not in cur or k in gone:
+            forward.append(Action("create", w))
+            continue
+        c = cur[k]
+        if isinstance(c, Link) and c.master is not None and (c.ns, c.master) in deleted_bridges:
+            c = replace(c, master=None)  # the kernel detaches ports when their bridge goes
+        if w.differences(c):
+            forward.append(Action("update", _merged(w, c), c))
+    forward.sort(key=lambda a: _sort_key(a.resource))
+    actions += forward
+    return Plan(actions)
+
+
+def _merged(want: Resource, cur: Resource) -> Resource:
+    """The desired record with "don't care" fields taken from the current one."""
+    fields = {name: getattr(cur, name) for name in want.MUTABLE if getattr(want, name) is None}
+    if isinstance(want, Link) and want.owned:
+        fields.pop("master", None)  # None means "no master" for owned links
+    if isinstance(want, Sysctl):
+        fields = {}
+    return replace(want, **fields) if fields else want
