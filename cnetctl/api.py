@@ -10,7 +10,7 @@ from typing import Any
 
 from . import owner_label
 from .apply import execute
-from .errors import ConflictError, PermissionError_, UsageError
+from .errors import ConflictError, KernelError, PermissionError_, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
 from .kernel.netns import Sockets, netns_path, run_in_netns
@@ -132,8 +132,28 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
         execute(kernel, the_plan, rollback=False, progress=progress)
         for ns in current.owned_netns:
             st.forget_netns(ns)
+        _wait_until_gone(name, st, sockets, kernel)
         st.remove()
         return the_plan
+
+
+def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0) -> None:
+    """The kernel tears a deleted namespace down asynchronously: veth peers outside it
+    vanish some milliseconds later. Wait for that, and delete by hand what lingers."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        left = observe(name, st, sockets).resources
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            execute(kernel, plan([], left, collapse_netns=True), rollback=False)
+            left = observe(name, st, sockets).resources
+            if left:
+                raise KernelError("destroy left " + ", ".join(r.describe() for r in left))
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def name_of(file: str) -> str:

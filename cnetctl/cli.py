@@ -197,7 +197,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit's code instead of exiting.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except CnetctlError as err:
         if isinstance(err, TopologyError):
             err_console.print(str(err), markup=False)

@@ -5,6 +5,8 @@
 # with it; the real host's network is never touched.
 set -euo pipefail
 if [ "$#" -eq 0 ]; then echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; fi
+# The namespace we start in: inside, tests prove they are elsewhere.
+export CNETCTL_OUTER_NETNS=$(stat -L -c %i /proc/self/ns/net)
 exec unshare --net --mount -- bash -c '
   set -e
   mount --make-rprivate /

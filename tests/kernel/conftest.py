@@ -1,0 +1,101 @@
+"""Fixtures for tests on the real kernel (inside the throw-away world only).
+
+Assertions read the kernel with iproute2's own JSON (`ip -j`), never through
+cnetctl's report; traffic is real ping from inside the namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, isolated
+
+MANIFESTS = ROOT / "manifests"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.kernel)
+
+
+def run(*argv: str, check: bool = False, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, input=input, timeout=timeout)
+
+
+def cnetctl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cnetctl", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+def ip(ns: str | None, *args: str) -> object:
+    """`ip -j` output, parsed, in netns `ns` (None: the test world's host namespace)."""
+    argv = ["ip", "-j"] + (["-n", ns] if ns else []) + list(args)
+    out = run(*argv, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def netns_list() -> list[str]:
+    return sorted(e["name"] for e in ip(None, "netns", "list"))  # type: ignore[union-attr]
+
+
+def ping(ns: str | None, dst: str, timeout: int = 1) -> bool:
+    """Real ping(8) from inside `ns`: True when a reply came back."""
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    return run(*prefix, "ping", "-c", "1", "-W", str(timeout), "-n", "-q", dst).returncode == 0
+
+
+SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/rp_filter",
+           "net/ipv4/conf/all/proxy_arp")
+
+
+def snapshot() -> dict[str, str]:
+    """The world's host namespace as the kernel shows it, for byte-identical comparisons."""
+    snap = {}
+    for name, argv in {
+        "link": ["ip", "-d", "link", "show"],
+        "addr": ["ip", "addr", "show"],
+        "route4": ["ip", "-4", "route", "show", "table", "all"],
+        "route6": ["ip", "-6", "route", "show", "table", "all"],
+        "rule4": ["ip", "-4", "rule", "show"],
+        "rule6": ["ip", "-6", "rule", "show"],
+        "netns": ["ip", "netns", "list"],
+    }.items():
+        snap[name] = run(*argv, check=True).stdout
+    for key in SYSCTLS:
+        snap[key] = Path("/proc/sys", key).read_text()
+    # Link counters and neighbour state change with traffic; ifindexes must not.
+    return snap
+
+
+@pytest.fixture(autouse=True)
+def _must_be_isolated() -> None:
+    assert isolated(), "kernel tests must run inside tests/world.sh"
+
+
+@pytest.fixture
+def clean_world() -> Iterator[dict[str, str]]:
+    """Asserts that the test leaves the world as it found it (after destroying what it applied)."""
+    before = snapshot()
+    yield before
+    after = snapshot()
+    assert after == before
+
+
+def applied_names() -> list[str]:
+    out = cnetctl("status", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return [t["name"] for t in json.loads(out.stdout)["topologies"]]
+
+
+@pytest.fixture(autouse=True)
+def _destroy_leftovers() -> Iterator[None]:
+    yield
+    for name in applied_names():
+        cnetctl("destroy", "--name", name)
