@@ -15,7 +15,7 @@ from .kernel import Kernel
 from .kernel import links as klinks
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
-from .model.resources import Link, Netns, Resource
+from .model.resources import ForwardAccept, Link, Netns, Resource
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
@@ -26,9 +26,9 @@ CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 Progress = Callable[[int, Action], None]
 
 
-def validate(file: str) -> DesiredState:
+def validate(file: str, nat_backend: str | None = None) -> DesiredState:
     topo, src = load_topology(file)
-    return normalize(topo, src)
+    return normalize(topo, src, nat_backend)
 
 
 def require_root() -> None:
@@ -46,16 +46,34 @@ def require_root() -> None:
 @dataclass
 class ApplyResult:
     plan: Plan
+    warnings: list[str] = field(default_factory=list)
     report: VerifyReport | None = None
     drift_after: list[Action] = field(default_factory=list)
 
 
-def _observe(desired: DesiredState | None, name: str, state: State, sockets: Sockets) -> CurrentState:
-    return observe(name, state, sockets, desired)
+def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -> CurrentState:
+    """What is live, with the desired state completed by what only the kernel can tell:
+    where another tool's FORWARD policy DROP lives (settings.forward: accept goes there)."""
+    current = observe(name, state, sockets, desired)
+    desired.resources = [r for r in desired.resources if not isinstance(r, ForwardAccept)]
+    desired.warnings = []
+    for ns, chains in current.forward_drops.items():
+        if ns is not None and ns not in desired.nodes.values():
+            continue
+        for where in chains:
+            if desired.topology.settings.forward == "accept":
+                desired.resources.append(ForwardAccept(ns, where, desired.subnets()))
+            else:
+                desired.warnings.append(
+                    f"FORWARD policy DROP in {where.replace('nft:', 'nft table ').replace(':', ' table ')} "
+                    f"({'host' if ns is None else 'netns ' + ns}): forwarded traffic of topology {desired.name} "
+                    "will be dropped there; set settings.forward: accept to add owned ACCEPT rules for its subnets")
+    return current
 
 
-def plan_file(file: str, directory: str | None = None) -> tuple[DesiredState, Plan]:
-    desired = validate(file)
+def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
+              ) -> tuple[DesiredState, Plan]:
+    desired = validate(file, nat_backend)
     require_root()
     st = State.load(desired.name, state_dir(directory))
     with Sockets() as sockets:
@@ -71,8 +89,9 @@ def _raise_conflicts(current: CurrentState, name: str) -> None:
 
 
 def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
-          progress: Progress | None = None, on_plan: Callable[[Plan], None] | None = None) -> ApplyResult:
-    desired = validate(file)
+          progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None,
+          nat_backend: str | None = None) -> ApplyResult:
+    desired = validate(file, nat_backend)
     require_root()
     directory = state_dir(directory)
     with TopologyLock(desired.name, directory, lock_timeout), Sockets() as sockets:
@@ -81,8 +100,8 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         _raise_conflicts(current, desired.name)
         the_plan = plan(desired.resources, current.resources)
         if on_plan:
-            on_plan(the_plan)
-        result = ApplyResult(the_plan)
+            on_plan(the_plan, desired.warnings)
+        result = ApplyResult(the_plan, list(desired.warnings))
         if not the_plan.empty:
             # Saved before the first change: a crash from here on leaves a file that
             # names the nodes (the labels name everything else).
@@ -96,6 +115,7 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
                     st.remove()
                 raise
         st.nodes, st.manifest, st.applied_at = dict(desired.nodes), os.path.abspath(file), time.time()
+        st.nat_backend = desired.nat_backend
         st.save()
         if verify:
             after = _observe(desired, desired.name, st, sockets)
@@ -103,12 +123,18 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         return result
 
 
+def _applied_backend(file: str, directory: str | None) -> str | None:
+    """verify checks NAT in the backend the last apply used (it may have come from --nat-backend)."""
+    topo, _ = load_topology(file)
+    return State.load(topo.name, state_dir(directory)).nat_backend
+
+
 def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
     return bool(observe(name, st, sockets).resources) or not st.empty
 
 
-def verify(file: str, directory: str | None = None) -> VerifyReport:
-    desired = validate(file)
+def verify(file: str, directory: str | None = None, nat_backend: str | None = None) -> VerifyReport:
+    desired = validate(file, nat_backend or _applied_backend(file, directory))
     require_root()
     st = State.load(desired.name, state_dir(directory))
     with Sockets() as sockets:
@@ -117,7 +143,7 @@ def verify(file: str, directory: str | None = None) -> VerifyReport:
 
 
 def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30.0,
-            progress: Progress | None = None, on_plan: Callable[[Plan], None] | None = None) -> Plan:
+            progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None) -> Plan:
     """Remove everything topology `name` owns, found by its labels and state file."""
     require_root()
     directory = state_dir(directory)
@@ -126,7 +152,7 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
         current = observe(name, st, sockets)
         the_plan = plan([], current.resources, collapse_netns=True)
         if on_plan:
-            on_plan(the_plan)
+            on_plan(the_plan, [])
         kernel = Kernel(name, st, sockets)
         # Forward only: a half-done destroy is finished by running destroy again.
         execute(kernel, the_plan, rollback=False, progress=progress)

@@ -39,6 +39,26 @@ class Opts:
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="text (tables) or json")]
 FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVersion cnetctl/v1)",
                                         show_default=False)]
+class Backend(str, enum.Enum):
+    auto = "auto"
+    nftables = "nftables"
+    iptables = "iptables"
+
+
+BackendOpt = Annotated[Optional[Backend], typer.Option(
+    "--nat-backend", help="override settings.nat_backend: auto (what the host's iptables uses), nftables, iptables",
+    show_default=False)]
+
+
+def _backend(value: Optional[Backend]) -> Optional[str]:
+    return value.value if value else None
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        err_console.print(f"warning: {w}", markup=False)
+
+
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="seconds to wait for another cnetctl working on "
                                         "the same topology", min=0)]
 
@@ -90,9 +110,10 @@ def schema() -> None:
 
 
 @app.command()
-def plan(file: FileArg, output: OutputOpt = Output.text) -> None:
+def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
     """Show what apply would create (+), change (~) and delete (-), touching nothing."""
-    desired, the_plan = api.plan_file(file, Opts.state_dir)
+    desired, the_plan = api.plan_file(file, Opts.state_dir, _backend(nat_backend))
+    _warn(desired.warnings)
     if output is Output.json:
         print_json(plan_json(the_plan, desired.name))
     else:
@@ -102,7 +123,7 @@ def plan(file: FileArg, output: OutputOpt = Output.text) -> None:
 @app.command()
 def apply(file: FileArg, output: OutputOpt = Output.text,
           no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the checks after applying")] = False,
-          lock_timeout: LockOpt = 30.0) -> None:
+          lock_timeout: LockOpt = 30.0, nat_backend: BackendOpt = None) -> None:
     """Reconcile the kernel with the manifest, then run its checks.
 
     Creates what is missing, corrects what drifted, removes what the topology owns
@@ -110,7 +131,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     rolled back (exit 3)."""
     name = api.name_of(file)
 
-    def announce(p):  # type: ignore[no-untyped-def]
+    def announce(p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
         if output is Output.text:
             if p.empty:
                 console.print(f"topology {name}: no changes")
@@ -120,9 +142,9 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
                               f"{c['delete']} to delete")
 
     result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
-                       progress=_progress(output), on_plan=announce)
+                       progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend))
     if output is Output.json:
-        data = {"topology": name, "plan": plan_json(result.plan, name),
+        data = {"topology": name, "plan": plan_json(result.plan, name), "warnings": result.warnings,
                 "verify": result.report.to_json() if result.report else None}
         print_json(data)
     elif result.report:
@@ -132,9 +154,9 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
 
 
 @app.command()
-def verify(file: FileArg, output: OutputOpt = Output.text) -> None:
+def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
     """Run the manifest's checks (real pings, kernel route lookups) and the read-back against what is live."""
-    report = api.verify(file, Opts.state_dir)
+    report = api.verify(file, Opts.state_dir, _backend(nat_backend))
     if output is Output.json:
         print_json(report.to_json())
     else:
@@ -159,7 +181,7 @@ def destroy(file: Annotated[Optional[str], typer.Argument(help="a manifest namin
     if not re.match(TOPOLOGY_NAME_RE, name):
         raise UsageError(f"invalid topology name {name!r}")
 
-    def announce(p):  # type: ignore[no-untyped-def]
+    def announce(p, warnings):  # type: ignore[no-untyped-def]
         if output is Output.text and p.empty:
             console.print(f"topology {name}: nothing to destroy")
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from .errors import Problem
 from .load import PathPart, Source
-from .model.resources import Address, Link, Netns, Resource, Route, Rule, Sysctl
-from .model.topology import SCOPES, TABLE_ALIASES, Node, Topology
+from .model.natspec import NatSpec, canonical_order
+from .model.resources import Address, Link, Nat, Netns, Resource, Route, Rule, Sysctl
+from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, Topology
 
 HOST = "host"
 DEFAULT_RULE_PRIORITY = 32000
@@ -31,6 +32,13 @@ class DesiredState:
     resources: list[Resource]
     interfaces: dict[Endpoint, str] = field(default_factory=dict)   # (node, ifname) -> kernel ifname
     addresses: dict[Endpoint, list[str]] = field(default_factory=dict)  # (node, ifname) -> CIDRs
+    nat_backend: str = "auto"
+    warnings: list[str] = field(default_factory=list)
+
+    def subnets(self) -> tuple[str, ...]:
+        """Every network the topology's addresses live in (for forward-accept rules)."""
+        nets = {str(ipaddress.ip_interface(c).network) for cidrs in self.addresses.values() for c in cidrs}
+        return tuple(sorted(n for n in nets if not ipaddress.ip_network(n).is_loopback))
 
     @property
     def name(self) -> str:
@@ -94,7 +102,8 @@ class _Collector:
         self.problems.append(self.src.problem(path, message))
 
 
-def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
+def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None = None) -> DesiredState:
+    """nat_backend overrides settings.nat_backend; "auto" is resolved from the host's iptables."""
     src = src or Source("<manifest>")
     err = _Collector(src)
     name = topo.name
@@ -306,7 +315,15 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
 
     state = DesiredState(topo, nodes, resources, interfaces, addresses)
     _check_checks(topo, state, err)
-    _check_nat(topo, state, err)
+    backend = nat_backend or topo.settings.nat_backend
+    if backend == "auto" and any(spec.nat for spec in topo.nodes.values()):
+        from .kernel.nat import detect_backend  # reads where the host's iptables points; no kernel access
+        backend = detect_backend()
+    state.nat_backend = backend
+    for node, spec in topo.nodes.items():
+        specs = _nat_specs(node, spec.nat, err)
+        if specs:
+            resources.append(Nat(nodes[node], backend, tuple(s.text() for s in canonical_order(specs))))
     if err.problems:
         raise src.fail(err.problems)
     return state
@@ -350,13 +367,26 @@ def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
             node_ref((*base, "serve", "node"), spec.serve.node)
 
 
-def _check_nat(topo: Topology, state: DesiredState, err: _Collector) -> None:
-    for node, spec in topo.nodes.items():
-        for k, rule in enumerate(spec.nat):
-            fams = set()
-            for value in (getattr(rule.masquerade, "source", None), getattr(rule.snat, "source", None),
-                          getattr(rule.snat, "to_source", None)):
-                if value:
-                    fams.add(_family(value))
-            if len(fams) > 1:
-                err.add(("nodes", node, "nat", k), "mixes IPv4 and IPv6 addresses")
+def _nat_specs(node: str, rules: list[NatRule], err: _Collector) -> list[NatSpec]:
+    out = []
+    for k, rule in enumerate(rules):
+        path: tuple[PathPart, ...] = ("nodes", node, "nat", k)
+        if rule.masquerade:
+            spec = NatSpec("masquerade", source=rule.masquerade.source, out_interface=rule.masquerade.out_interface)
+        elif rule.snat:
+            spec = NatSpec("snat", source=rule.snat.source, out_interface=rule.snat.out_interface,
+                           to_source=rule.snat.to_source)
+        else:
+            d = rule.dnat
+            assert d is not None
+            spec = NatSpec("dnat", destination=d.destination, in_interface=d.in_interface, protocol=d.protocol,
+                           port=d.port, to=d.to)
+        fams = {_family(a) for a in (spec.source, spec.to_source, spec.destination, spec.to_addr) if a}
+        if len(fams) > 1:
+            err.add(path, "mixes IPv4 and IPv6 addresses")
+            continue
+        if spec in out:
+            err.add(path, "duplicates an earlier NAT rule of this node")
+            continue
+        out.append(spec)
+    return out

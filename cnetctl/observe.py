@@ -14,11 +14,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import owner_label
 from .kernel import links as klinks
+from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
 from .kernel.netns import Sockets, list_netns
 from .kernel.sysctl import read_sysctl
-from .model.resources import Address, Link, Netns, Resource, Route, Rule, Sysctl
+from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from .normalize import DesiredState
 from .state import State
 
@@ -31,6 +32,7 @@ class CurrentState:
     resources: list[Resource] = field(default_factory=list)
     owned_netns: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    forward_drops: dict[str | None, list[str]] = field(default_factory=dict)  # ns -> FORWARD chains with DROP
 
     def by_key(self) -> dict[tuple[object, ...], Resource]:
         return {r.key: r for r in self.resources}
@@ -119,6 +121,7 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                 cur.resources.append(rule)
         if desired:
             _route_conflicts(cur, ipr, ns, names, wanted)
+        _observe_nat(cur, name, label, ns, with_drops=desired is not None)
 
     _pair_veths(cur, live_links, wanted)
 
@@ -132,6 +135,19 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
             continue  # never changed by us: a Create (which records the original) is due
         cur.resources.append(Sysctl(ns, key, read_sysctl(ns, key)))
     return cur
+
+
+def _observe_nat(cur: CurrentState, name: str, label: str, ns: str | None, with_drops: bool) -> None:
+    for backend, (_, _, read) in knat.BACKENDS.items():
+        if backend == "nftables" and not knat.nft_available():
+            continue
+        specs = read(ns, name, label)
+        if specs is not None:
+            cur.resources.append(Nat(ns, backend, tuple(s.text() for s in knat.canonical_order(specs))))
+    for where, subnets in knat.forward_read(ns, name, label).items():
+        cur.resources.append(ForwardAccept(ns, where, subnets))
+    if with_drops:
+        cur.forward_drops[ns] = knat.forward_drop_chains(ns, name)
 
 
 def klinks_kind(link: klinks.LiveLink) -> str:

@@ -14,9 +14,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import owner_label
 from ..errors import KernelError
-from ..model.resources import Address, Link, Netns, Resource, Route, Rule, Sysctl
+from ..model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
-from . import addresses, links, routes, sysctl
+from . import addresses, links, nat, routes, sysctl
 from .netns import Sockets, create_netns, delete_netns, is_errno, netns_path
 
 
@@ -188,3 +188,24 @@ class Kernel:
         routes.delete_rule(self.sockets.get(res.ns), res)
         if res.ns is None:
             self.state.forget_host(res)
+
+    # --- NAT and forwarding -----------------------------------------------------------------------
+    def _create_nat(self, res: Nat) -> None:
+        apply_fn, _, _ = nat.BACKENDS[res.backend]
+        apply_fn(res.ns, self.topology, self.label, [nat.NatSpec.parse(t) for t in res.rules])
+
+    def _update_nat(self, old: Nat, new: Nat) -> None:
+        self._create_nat(new)  # the whole table/chain set is rewritten at once
+
+    def _delete_nat(self, res: Nat) -> None:
+        _, delete_fn, _ = nat.BACKENDS[res.backend]
+        delete_fn(res.ns, self.topology, self.label)
+
+    def _create_forward(self, res: ForwardAccept) -> None:
+        nat.forward_apply(res.ns, self.topology, self.label, res.where, res.subnets)
+
+    def _update_forward(self, old: ForwardAccept, new: ForwardAccept) -> None:
+        self._create_forward(new)
+
+    def _delete_forward(self, res: ForwardAccept) -> None:
+        nat.forward_delete(res.ns, self.topology, self.label, res.where)

@@ -225,12 +225,57 @@ class Rule(Resource):
         return f"rule {self.priority}: {' '.join(sel)} lookup {self.table} in {where(self.ns)}"
 
 
+@dataclass(frozen=True)
+class Nat(Resource):
+    """The NAT rules of one namespace, in one backend, as their canonical texts."""
+
+    KIND: ClassVar[str] = "nat"
+    ORDER: ClassVar[int] = 6
+    MUTABLE: ClassVar[tuple[str, ...]] = ("rules",)
+    ns: str | None
+    backend: str
+    rules: tuple[str, ...]
+
+    @property
+    def key(self) -> Key:
+        return ("nat", self.ns, self.backend)
+
+    def describe(self) -> str:
+        where_ = "table inet cnetctl-…" if self.backend == "nftables" else "chains CNET-…"
+        return f"nat ({self.backend}, {where_}) in {where(self.ns)}: {len(self.rules)} rules"
+
+    def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
+        assert isinstance(current, Nat)
+        if self.rules != current.rules:
+            return {"rules": (list(current.rules), list(self.rules))}
+        return {}
+
+
+@dataclass(frozen=True)
+class ForwardAccept(Resource):
+    """Owned ACCEPT rules for the topology's subnets inside a FORWARD chain whose policy is DROP."""
+
+    KIND: ClassVar[str] = "forward"
+    ORDER: ClassVar[int] = 7
+    MUTABLE: ClassVar[tuple[str, ...]] = ("subnets",)
+    ns: str | None
+    where: str
+    subnets: tuple[str, ...]
+
+    @property
+    def key(self) -> Key:
+        return ("forward", self.ns, self.where)
+
+    def describe(self) -> str:
+        return f"forward accept for {', '.join(self.subnets)} in {self.where} of {where(self.ns)}"
+
+
 RESOURCE_TYPES: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Netns, Link, Address, Sysctl, Route, Rule)
+    cls.KIND: cls for cls in (Netns, Link, Address, Sysctl, Route, Rule, Nat, ForwardAccept)
 }
 
 
 def resource_from_json(data: dict[str, Any]) -> Resource:
-    data = dict(data)
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     cls = RESOURCE_TYPES[data.pop("kind")]
     return cls(**data)
