@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import owner_label
-from .apply import execute
+from .apply import execute, interrupted_run
 from .errors import ConflictError, KernelError, PermissionError_, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
@@ -94,9 +94,14 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
     desired = validate(file, nat_backend)
     require_root()
     directory = state_dir(directory)
-    with TopologyLock(desired.name, directory, lock_timeout), Sockets() as sockets:
+    with TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
+            Sockets() as sockets:
         st = State.load(desired.name, directory)
+        previous = interrupted_run(journal_path(desired.name, directory))
         current = _observe(desired, desired.name, st, sockets)
+        if previous:
+            desired.warnings.append(f"the previous run on topology {desired.name} was interrupted at {previous}; "
+                                    "converging from what is live")
         _raise_conflicts(current, desired.name)
         the_plan = plan(desired.resources, current.resources)
         if on_plan:
@@ -109,7 +114,7 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
             st.save()
             kernel = Kernel(desired.name, st, sockets)
             try:
-                execute(kernel, the_plan, progress=progress)
+                execute(kernel, the_plan, progress=progress, journal=journal_path(desired.name, directory))
             except BaseException:
                 if not _owns_anything(desired.name, st, sockets):
                     st.remove()
@@ -147,7 +152,7 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
     """Remove everything topology `name` owns, found by its labels and state file."""
     require_root()
     directory = state_dir(directory)
-    with TopologyLock(name, directory, lock_timeout), Sockets() as sockets:
+    with TopologyLock(name, directory, lock_timeout), host_lock(directory, lock_timeout), Sockets() as sockets:
         st = State.load(name, directory)
         current = observe(name, st, sockets)
         the_plan = plan([], current.resources, collapse_netns=True)
@@ -155,12 +160,22 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
             on_plan(the_plan, [])
         kernel = Kernel(name, st, sockets)
         # Forward only: a half-done destroy is finished by running destroy again.
-        execute(kernel, the_plan, rollback=False, progress=progress)
+        execute(kernel, the_plan, rollback=False, progress=progress, journal=journal_path(name, directory))
         for ns in current.owned_netns:
             st.forget_netns(ns)
         _wait_until_gone(name, st, sockets, kernel)
         st.remove()
         return the_plan
+
+
+def host_lock(directory: str, timeout: float) -> TopologyLock:
+    """Serialises changes of different topologies: they share the host's routes, rules,
+    sysctls and firewall tables (and the namespace list that observe() scans)."""
+    return TopologyLock("host", directory, timeout, filename=".host.lock")
+
+
+def journal_path(name: str, directory: str) -> str:
+    return os.path.join(directory, f"{name}.journal")
 
 
 def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0) -> None:

@@ -127,6 +127,18 @@ class State:
         if self.sysctl_originals.pop(ns, None) is not None:
             self.save()
 
+    def host_sysctl_managers(self, key: str) -> dict[str, str]:
+        """Other topologies that also manage host sysctl `key` -> the original they recorded.
+
+        Read under the host lock: every apply/destroy that changes host sysctls holds it."""
+        out = {}
+        for other in list_state_names(self.directory):
+            if other != self.name:
+                original = State.load(other, self.directory).sysctl_original(None, key)
+                if original is not None:
+                    out[other] = original
+        return out
+
     def managed_sysctls(self) -> list[tuple[str | None, str]]:
         return [(ns or None, key) for ns, keys in self.sysctl_originals.items() for key in keys]
 
@@ -166,14 +178,15 @@ def list_state_names(directory: str) -> list[str]:
 class TopologyLock:
     """flock on <state dir>/<name>.lock: one cnetctl at a time changes a topology."""
 
-    def __init__(self, name: str, directory: str, timeout: float = 30.0):
+    def __init__(self, name: str, directory: str, timeout: float = 30.0, filename: str | None = None):
         self.name, self.directory, self.timeout = name, directory, timeout
+        self.filename = filename or f"{name}.lock"
         self.fd: int | None = None
 
     def __enter__(self) -> TopologyLock:
         try:
             os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            self.fd = os.open(os.path.join(self.directory, f"{self.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(os.path.join(self.directory, self.filename), os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError as err:
             raise PermissionError_(f"cannot write the state directory {self.directory}: {err.strerror}; "
                                    "run as root (sudo) or set --state-dir") from err
@@ -188,7 +201,8 @@ class TopologyLock:
                 if time.monotonic() >= deadline:
                     os.close(self.fd)
                     self.fd = None
-                    raise LockedError(f"topology {self.name} is locked by another cnetctl "
+                    what = "the host's shared network state" if self.name == "host" else f"topology {self.name}"
+                    raise LockedError(f"{what} is locked by another cnetctl "
                                       f"(waited {self.timeout:g} s; raise --lock-timeout to wait longer)") from None
                 time.sleep(0.05)
 

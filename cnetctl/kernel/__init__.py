@@ -140,6 +140,10 @@ class Kernel:
         if current is None:
             raise KernelError(f"sysctl {res.name} does not exist in {res.ns or 'host'}")
         # Recorded (and saved) before the first write, so destroy can restore it even after a crash.
+        # A host sysctl another topology already manages: its recorded original is the
+        # value from before cnetctl, and the last topology to let go restores it.
+        if res.ns is None:
+            current = next(iter(self.state.host_sysctl_managers(res.name).values()), current)
         self.state.remember_sysctl(res.ns, res.name, current)
         sysctl.write_sysctl(res.ns, res.name, res.value or "")
 
@@ -148,7 +152,8 @@ class Kernel:
 
     def _delete_sysctl(self, res: Sysctl) -> None:
         original = self.state.sysctl_original(res.ns, res.name)
-        if original is not None and sysctl.read_sysctl(res.ns, res.name) is not None:
+        shared = res.ns is None and self.state.host_sysctl_managers(res.name)
+        if original is not None and not shared and sysctl.read_sysctl(res.ns, res.name) is not None:
             sysctl.write_sysctl(res.ns, res.name, original)
         self.state.forget_sysctl(res.ns, res.name)
 

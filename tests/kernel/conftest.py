@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +57,21 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf
            "net/ipv4/conf/all/proxy_arp")
 
 
+def settle(timeout: float = 5.0) -> None:
+    """Wait for the kernel's own follow-ups of a change: IPv6 DAD of link-local addresses
+    (which adds local routes when it completes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "tentative" not in run("ip", "-6", "addr", "show").stdout:
+            return
+        time.sleep(0.1)
+
+
 def snapshot() -> dict[str, str]:
     """The world's host namespace as the kernel shows it, for byte-identical comparisons."""
+    settle()
     snap = {}
+    volatile = re.compile(r"\b\w+_timer\s+[\d.]+| tentative\b")
     for name, argv in {
         "link": ["ip", "-d", "link", "show"],
         "addr": ["ip", "addr", "show"],
@@ -67,10 +81,10 @@ def snapshot() -> dict[str, str]:
         "rule6": ["ip", "-6", "rule", "show"],
         "netns": ["ip", "netns", "list"],
     }.items():
-        snap[name] = run(*argv, check=True).stdout
+        # Bridge timers tick and IPv6 link-local DAD completes on their own.
+        snap[name] = volatile.sub("", run(*argv, check=True).stdout)
     for key in SYSCTLS:
         snap[key] = Path("/proc/sys", key).read_text()
-    # Link counters and neighbour state change with traffic; ifindexes must not.
     return snap
 
 
