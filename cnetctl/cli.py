@@ -209,6 +209,10 @@ def exec_(name: Annotated[str, typer.Argument(help="topology name")],
           node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
           command: Annotated[list[str], typer.Argument(help="the command, after --", show_default=False)]) -> None:
     """Run a command inside a node's network namespace: cnetctl exec lab ns1 -- ip addr."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("give the command after --, e.g. cnetctl exec lab ns1 -- ip addr")
     api.exec_in_node(name, node, command, Opts.state_dir)
 
 

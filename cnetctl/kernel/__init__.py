@@ -46,6 +46,9 @@ class Kernel:
         except KernelError:
             raise
         except NetlinkError as err:
+            if err.code == errno.EOPNOTSUPP and isinstance(res, Link) and res.owned:
+                raise KernelError(f"{verb} {res.describe()}: this kernel has no {res.kind} support "
+                                  f"(modprobe {res.kind}, or enable CONFIG_{res.kind.upper()})") from err
             raise KernelError(f"{verb} {res.describe()}: {err.args[-1] if err.args else err} "
                               f"({errno.errorcode.get(err.code, err.code)})") from err
         except OSError as err:
