@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -60,6 +61,11 @@ def test_reapply_changes_nothing(clean_world):
     assert cnetctl("apply", QUICK, "--no-verify").returncode == 0
     before = {ns: {n: link["ifindex"] for n, link in links_by_name(ns).items()}
               for ns in (None, "quickstart-web", "quickstart-db")}
+    # The kernel's own fe80:: address finishes DAD about a second after apply and only
+    # then gets its `local` route: wait for that, or the comparison below races the kernel.
+    deadline = time.monotonic() + 10
+    while ip("quickstart-web", "-6", "addr", "show", "tentative") and time.monotonic() < deadline:
+        time.sleep(0.1)
     routes_before = ip("quickstart-web", "route", "show", "table", "all")
     res = cnetctl("apply", QUICK, "--no-verify")
     assert res.returncode == 0
