@@ -234,4 +234,33 @@ def exec_in_node(name: str, node: str, argv: list[str], directory: str | None = 
         raise UsageError(f"command not found: {argv[0]}") from None
 
 
-__all__ = ["validate", "plan_file", "apply", "verify", "destroy", "status", "exec_in_node", "run_in_netns"]
+def explain(name: str, node: str, to: str, *, src: str | None = None, iif: str | None = None,
+            fwmark: int | None = None, directory: str | None = None) -> Any:
+    """The path of a packet to `to` through NODE of applied topology NAME (see explain.py)."""
+    import ipaddress
+
+    from .explain import explain as explain_in
+    require_root()
+    for what, value in (("--to", to), ("--from", src)):
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise UsageError(f"{what} {value!r} is not an IP address") from None
+    ns = node_netns(name, node, directory)
+    names: dict[int, str] = {}
+    st = State.load(name, state_dir(directory))
+    if st.manifest and os.path.exists(st.manifest):
+        try:   # table names are a nicety: a manifest edited since apply must not stop explain
+            names = {v: k for k, v in load_topology(st.manifest)[0].tables.items()}
+        except Exception:
+            names = {}
+    with Sockets() as sockets:
+        try:
+            return explain_in(sockets.get(ns), ns, to, src=src, iif=iif, fwmark=fwmark, topology=name, node=node,
+                              table_names=names)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+__all__ = ["validate", "plan_file", "apply", "verify", "destroy", "status", "exec_in_node", "run_in_netns", "explain"]
