@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -54,6 +55,19 @@ VERDICT_OF_ERRNO = {errno.EHOSTUNREACH: "unreachable", errno.EINVAL: "blackhole"
                     errno.ENETUNREACH: "no route"}
 
 LOOPBACK = "lo"
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+# A reverse-path (rp_filter) failure: -EXDEV until 6.12; since 6.13 the input path returns
+# drop reasons and RTM_GETROUTE turns every one of them into -EINVAL.
+RPF_ERRNO = errno.EINVAL if _kernel_version() >= (6, 13) else errno.EXDEV
 
 
 def table_name(table: int | None, names: dict[int, str] | None = None) -> str:
@@ -557,9 +571,17 @@ def decide_v4(snap: Snapshot, flow: Flow, notes: list[str]) -> tuple[Lookup, Ans
         if src is not None:
             if src.is_multicast or src == lbcast or src in zeronet:
                 return _fail(errno.EINVAL, f"source {src} is not a valid unicast source")
-            if not _is_local_v4(snap, src):
+            owner = _local_dev_v4(snap, src)
+            if owner is None:
                 return _fail(errno.ENETUNREACH, f"source {src} is not an address of this node "
                              "(a locally generated packet must use one of its own)")
+            if dst.is_multicast or dst == lbcast:
+                # The kernel's "special hack": multicast/limited broadcast with a source leaves
+                # through the interface that owns the source; no table is consulted.
+                kind = "multicast" if dst.is_multicast else "broadcast"
+                return Lookup([], why=f"{kind} from {src}: sent on {owner}, which owns the source"), \
+                    Answer(type=kind, dev=owner, compare_table=False), \
+                    f"{kind} from {src} leaves through {owner} (the interface owning the source); no table is consulted"
         if int(dst) == 0:
             lookup = Lookup([], why="destination 0.0.0.0 means this host")
             return lookup, Answer(type="local", dev=LOOPBACK, compare_table=False), "0.0.0.0 is this host (lo)"
@@ -591,6 +613,10 @@ def decide_v4(snap: Snapshot, flow: Flow, notes: list[str]) -> tuple[Lookup, Ans
     if s.is_multicast or s == lbcast:
         return _fail(errno.EINVAL, f"martian source {s}")
     if dst == lbcast or (int(s) == 0 and int(dst) == 0):
+        if int(s):
+            err = validate_source(snap, s, ipaddress.IPv4Address(0), None, iif, notes)
+            if err:
+                return Lookup([]), Answer(error=err), _source_failure(notes)
         return Lookup([]), Answer(type="broadcast", dev=LOOPBACK, compare_table=False), "limited broadcast"
     if s in zeronet:
         return _fail(errno.EINVAL, f"martian source {s} (a packet from outside needs --from)")
@@ -611,11 +637,14 @@ def decide_v4(snap: Snapshot, flow: Flow, notes: list[str]) -> tuple[Lookup, Ans
     route = lookup.route
     assert route is not None
     if route.type == "broadcast":
+        err = validate_source(snap, s, ipaddress.IPv4Address(0), None, iif, notes)
+        if err:
+            return lookup, Answer(error=err), _source_failure(notes)
         return lookup, Answer(type="broadcast", dev=LOOPBACK, compare_table=False), "subnet broadcast"
     if route.type == "local":
         err = validate_source(snap, s, dst, None, iif, notes)
         if err:
-            return lookup, Answer(error=err), f"source validation failed ({_ename(err)})"
+            return lookup, Answer(error=err), _source_failure(notes)
         return lookup, Answer(type="local", table=lookup.table, dev=LOOPBACK), "a local address of this node"
     if not forwarding:
         return lookup, Answer(error=errno.EHOSTUNREACH), \
@@ -625,16 +654,21 @@ def decide_v4(snap: Snapshot, flow: Flow, notes: list[str]) -> tuple[Lookup, Ans
     answer = _route_answer(lookup)
     err = validate_source(snap, s, dst, answer.dev, iif, notes)
     if err:
-        return lookup, Answer(error=err), f"source validation failed ({_ename(err)})"
+        return lookup, Answer(error=err), _source_failure(notes)
     return lookup, answer, "forwarded"
 
 
-def _is_local_v4(snap: Snapshot, addr: IPAddr) -> bool:
-    """__ip_dev_find(): an address of an interface, or a `local` route in the local table."""
-    if addr in snap.local_addresses():
-        return True
+def _source_failure(notes: list[str]) -> str:
+    return f"source validation (fib_validate_source) failed: {notes[-1] if notes else 'martian source'}"
+
+
+def _local_dev_v4(snap: Snapshot, addr: IPAddr) -> str | None:
+    """__ip_dev_find(): the interface owning an address, or that of a `local` route in the local table."""
+    for dev, addrs in snap.addresses.items():
+        if any(a.ip == addr for a in addrs):
+            return dev
     route = table_lookup(snap.routes.get(255, []), Flow(addr))
-    return route is not None and route.type == "local"
+    return route.dev if route is not None and route.type == "local" else None
 
 
 def validate_source(snap: Snapshot, src: IPAddr, dst: IPAddr, oif: str | None, iif: str,
@@ -657,7 +691,7 @@ def validate_source(snap: Snapshot, src: IPAddr, dst: IPAddr, oif: str | None, i
     if back.error is not None or back.route is None:
         if rpf:
             notes.append(f"rp_filter={rpf}: no route back to {src}")
-            return errno.EXDEV
+            return RPF_ERRNO
         return 0
     route = back.route
     if route.type != "unicast" and not (route.type == "local" and accept_local):
@@ -667,10 +701,10 @@ def validate_source(snap: Snapshot, src: IPAddr, dst: IPAddr, oif: str | None, i
     if iif in devs or (route.type == "local" and iif == LOOPBACK):
         return 0
     if not snap.addresses.get(iif):
-        return errno.EXDEV if rpf else 0
+        return RPF_ERRNO if rpf else 0
     if rpf == 1:
         notes.append(f"rp_filter=1 (strict): the route back to {src} leaves via {route.dev}, not {iif}")
-        return errno.EXDEV
+        return RPF_ERRNO
     return 0
 
 
@@ -721,8 +755,10 @@ def explain_snapshot(snap: Snapshot, flow: Flow, *, topology: str = "", node: st
         verdict = VERDICT_OF_ERRNO.get(answer.error, "rejected")
         if answer.error == errno.EINVAL and "martian" in why:
             verdict = "martian"
-        if answer.error == errno.EXDEV:
+        if "rp_filter" in why:
             verdict = "rp_filter drop"
+        elif "fib_validate_source" in why:
+            verdict = "martian"
         if answer.error == errno.ENETUNREACH and lookup.route is None and lookup.rule is None and local \
                 and flow.src is not None and "not an address" in why:
             verdict = "invalid source"
@@ -774,9 +810,10 @@ def compare(expl: Explanation, kernel: RouteAnswer, default_rules_only: bool) ->
                 return []       # IPv6 reject rules: the kernel returns its reject entry as a route
             return [f"we expect {_ename(want.error)}, the kernel routes it: {_kernel_text(kernel)}"]
         got = (kernel.error or "").rsplit("(", 1)[-1].rstrip(")")
-        return [] if got == _ename(want.error) else [f"we expect {_ename(want.error)}, the kernel says {kernel.error}"]
+        return [] if got == _ename(want.error) else \
+            [f"we expect {_ename(want.error)}, the kernel says {_kernel_text(kernel)}"]
     if not kernel.ok:
-        return [f"we expect {want.type} via {want.via or '-'} dev {want.dev}, the kernel says {kernel.error}"]
+        return [f"we expect {want.type} via {want.via or '-'} dev {want.dev}, the kernel says {_kernel_text(kernel)}"]
     out = []
     if kernel.type != want.type:
         out.append(f"type: ours {want.type}, kernel {kernel.type}")
@@ -792,19 +829,26 @@ def compare(expl: Explanation, kernel: RouteAnswer, default_rules_only: bool) ->
 
 
 def _kernel_text(k: RouteAnswer) -> str:
+    if not k.ok:
+        # route_get labels errnos by their usual cause; here the errno itself is the fact.
+        name = (k.error or "").rsplit("(", 1)[-1].rstrip(")")
+        code = getattr(errno, name, None)
+        return f"error {name}" + (f" ({os.strerror(code)})" if isinstance(code, int) else "")
     return ", ".join(f"{key} {v}" for key, v in k.to_json().items() if key != "ok")
 
 
 def explain(ipr: IPRoute, ns: str | None, to: str, *, src: str | None = None, iif: str | None = None,
             fwmark: int | None = None, topology: str = "", node: str = "",
-            table_names: dict[int, str] | None = None) -> Explanation:
-    """Explain a packet to `to` in namespace `ns` (ipr: a netlink socket in that namespace)."""
+            table_names: dict[int, str] | None = None, snapshot: Snapshot | None = None) -> Explanation:
+    """Explain a packet to `to` in namespace `ns` (ipr: a netlink socket in that namespace).
+
+    `snapshot`: reuse a `read_snapshot()` of the same namespace, family and iif (bulk callers)."""
     dst = ipaddress.ip_address(to)
     source = ipaddress.ip_address(src) if src else None
     if source is not None and source.version != dst.version:
         raise ValueError(f"--from {src} and --to {to} are of different IP versions")
     family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-    snap = read_snapshot(ipr, ns, family, iif)
+    snap = snapshot or read_snapshot(ipr, ns, family, iif)
     flow = Flow(dst, source, iif, fwmark or 0)
     expl = explain_snapshot(snap, flow, topology=topology, node=node, netns=ns, table_names=table_names)
     if iif is not None and iif not in snap.links:
