@@ -151,9 +151,13 @@ def start_mesh(desired: DesiredState, check: Check, prober: Prober) -> Callable[
                        "failed": failed})
         if untested:
             fields["untested"] = [f"{a}->{b}" for a, b in untested]
+        if len(names) < 2:
+            # e.g. `all` after the other nodes were pruned from the file: no pair, nothing wrong.
+            return [CheckResult("mesh", True, f"no pairs: the mesh has {len(names)} node(s) "
+                                f"({', '.join(names) or 'none'})", fields)]
         if not probes:
             return [CheckResult("mesh", False, f"nothing to ping: no {spec.family} addresses among "
-                                f"{', '.join(names) or 'no nodes'}", fields)]
+                                f"{', '.join(names)}", fields)]
         detail = f"{ok_pairs}/{len(tested)} pairs ok ({len(probes)} pings, {spec.family})"
         if failed:
             shown = "; ".join(f"{f['from']} -> {f['to']} {f['address']}: {f['error']}" for f in failed[:8])

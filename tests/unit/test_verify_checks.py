@@ -99,3 +99,19 @@ def test_report_renders_mesh_and_source_rows_with_expected_vs_actual():
     assert "all nodes (both)" in out and "a -> b:eth0 udp/7777" in out
     assert "expected source 10.0.0.2" in out and "0 passed, 2 failed" in out
     assert report.to_json()["checks"][0]["failed"] == [{"from": "a", "to": "b"}]
+
+
+def test_a_mesh_of_one_node_has_no_pairs_and_passes_but_no_addresses_fails():
+    from cnetctl.verify import start_mesh
+    d = desired()
+    one = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [a]}}"), "t.yaml")
+    d1 = normalize(*one)
+    with Prober() as p:
+        (res,) = start_mesh(d1, d1.topology.checks[0], p)()
+        assert res.ok and res.fields["pairs"] == 0 and "no pairs" in res.detail
+        v6 = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [b, host], family: ipv6}}"),
+                                "t.yaml")
+        d6 = normalize(*v6)
+        (res,) = start_mesh(d6, d6.topology.checks[0], p)()
+        assert not res.ok and "no ipv6 addresses" in res.detail
+    assert d.name == "t"
