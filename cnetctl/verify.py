@@ -147,8 +147,9 @@ def start_mesh(desired: DesiredState, check: Check, prober: Prober) -> Callable[
         tested = {(a, b) for a, b, _, _ in probes}
         untested = sorted(p for p in pair_ok if p not in tested)
         ok_pairs = sum(1 for p in tested if pair_ok[p])
+        failed_pairs = [f"{a}->{b}" for a, b in sorted(tested) if not pair_ok[(a, b)]]
         fields.update({"members": names, "pairs": len(tested), "pairs_ok": ok_pairs, "pings": len(probes),
-                       "failed": failed})
+                       "failed_pairs": failed_pairs, "failed": failed})
         if untested:
             fields["untested"] = [f"{a}->{b}" for a, b in untested]
         if len(names) < 2:
@@ -159,10 +160,12 @@ def start_mesh(desired: DesiredState, check: Check, prober: Prober) -> Callable[
             return [CheckResult("mesh", False, f"nothing to ping: no {spec.family} addresses among "
                                 f"{', '.join(names)}", fields)]
         detail = f"{ok_pairs}/{len(tested)} pairs ok ({len(probes)} pings, {spec.family})"
+        if failed_pairs:
+            detail += f"; failed pairs: {', '.join(failed_pairs)}"
         if failed:
             shown = "; ".join(f"{f['from']} -> {f['to']} {f['address']}: {f['error']}" for f in failed[:8])
             more = f" (+{len(failed) - 8} more)" if len(failed) > 8 else ""
-            detail += f"; failed: {shown}{more}"
+            detail += f"; failed pings: {shown}{more}"
         if untested:
             detail += f"; no {spec.family} address to test: {', '.join(fields['untested'])}"
         return [CheckResult("mesh", not failed, detail, fields)]

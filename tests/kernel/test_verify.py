@@ -72,7 +72,7 @@ def test_quickstart_every_kind_passes_right_after_apply(clean_world):
     assert {c["kind"] for c in report["checks"]} == {"readback", "ping", "route", "mesh", "source"}
     (mesh,) = by_kind(report, "mesh")
     assert mesh["ok"] and mesh["members"] == ["web", "db"]          # host is not in "all"
-    assert (mesh["pairs"], mesh["pairs_ok"], mesh["pings"], mesh["failed"]) == (2, 2, 4, [])
+    assert (mesh["pairs"], mesh["pairs_ok"], mesh["pings"], mesh["failed"], mesh["failed_pairs"]) == (2, 2, 4, [], [])
     (source,) = by_kind(report, "source")
     assert source["ok"] and source["receiver"] == "db:eth0" and source["address"] == "10.88.0.3"
     assert source["sender"] == source["seen"] == source["expected"] == "10.88.0.2"
@@ -102,7 +102,8 @@ def test_link_down_fails_ping_mesh_and_source_with_what_happened(clean_world, qu
     assert not mesh["ok"] and mesh["pairs_ok"] == 0 and mesh["pairs"] == 2
     failed = {(f["from"], f["to"], f["address"]) for f in mesh["failed"]}
     assert {("web", "db", "10.88.0.3"), ("web", "db", "fd00:88::3"), ("db", "web", "10.88.0.2")} <= failed
-    assert "web -> db 10.88.0.3" in mesh["detail"]
+    assert set(mesh["failed_pairs"]) == {"web->db", "db->web"}
+    assert "failed pairs: db->web, web->db" in mesh["detail"] and "web -> db 10.88.0.3" in mesh["detail"]
 
     (source,) = by_kind(report, "source")
     assert not source["ok"] and source["seen"] is None and "nothing arrived at 10.88.0.3:7777" in source["detail"]
@@ -125,13 +126,15 @@ def test_wrong_expectations_fail_and_show_the_actual_values(clean_world, quick, 
         {"source": {"from": "web", "to": "db:eth0", "expect": "10.88.0.99"}},
         {"source": {"from": "web", "to": "10.88.0.77"}},
         {"mesh": {"nodes": ["web", "db", "host"], "family": "ipv4"}},
+        {"source": {"from": "db", "to": "fd00:88::2"}},          # IPv6, on-link: preserved
         # Routed by web to the host, which has no route for it: the host's ICMP error comes back.
         {"ping": {"from": "web", "to": "10.99.0.1", "expect": "unreachable", "timeout": 5}},
     ])
     started = time.monotonic()
     rc, report = verify_json(path)
     assert rc == 1
-    route, ping, source, nowhere, mesh, icmp = report["checks"][1:]
+    route, ping, source, nowhere, mesh, source6, icmp = report["checks"][1:]
+    assert source6["ok"] and source6["seen"] == "fd00:88::3" and source6["receiver"] == "web:eth0", source6
     assert not route["ok"] and route["actual"]["via"] == "10.88.0.1" and route["actual"]["table"] == 254
     assert "expected via 10.88.0.254, got 10.88.0.1" in route["detail"]
     assert not ping["ok"] and ping["actual"] == "reachable" and ping["replies"] == 1
