@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -275,4 +276,37 @@ def exec_in_node(name: str, node: str, argv: list[str], directory: str | None = 
         raise UsageError(f"command not found: {argv[0]}") from None
 
 
-__all__ = ["validate", "plan_file", "apply", "verify", "destroy", "status", "exec_in_node", "run_in_netns"]
+@functools.lru_cache(maxsize=8)
+def _table_names(manifest: str, mtime_ns: int) -> dict[int, str]:
+    try:   # table names are a nicety: a manifest edited since apply must not stop explain
+        return {v: k for k, v in load_topology(manifest)[0].tables.items()}
+    except Exception:
+        return {}
+
+
+def explain(name: str, node: str, to: str, *, src: str | None = None, iif: str | None = None,
+            fwmark: int | None = None, directory: str | None = None) -> Any:
+    """The path of a packet to `to` through NODE of applied topology NAME (see explain.py)."""
+    import ipaddress
+
+    from .explain import explain as explain_in
+    require_root()
+    for what, value in (("--to", to), ("--from", src)):
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise UsageError(f"{what} {value!r} is not an IP address") from None
+    ns = node_netns(name, node, directory)
+    st = State.load(name, state_dir(directory))
+    names = _table_names(st.manifest, os.stat(st.manifest).st_mtime_ns) \
+        if st.manifest and os.path.exists(st.manifest) else {}
+    with Sockets() as sockets:
+        try:
+            return explain_in(sockets.get(ns), ns, to, src=src, iif=iif, fwmark=fwmark, topology=name, node=node,
+                              table_names=names)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+__all__ = ["validate", "plan_file", "apply", "verify", "destroy", "status", "exec_in_node", "run_in_netns", "explain"]

@@ -216,6 +216,34 @@ def exec_(name: Annotated[str, typer.Argument(help="topology name")],
     api.exec_in_node(name, node, command, Opts.state_dir)
 
 
+@app.command()
+def explain(name: Annotated[str, typer.Argument(help="topology name")],
+            node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
+            to: Annotated[str, typer.Option("--to", help="destination address", show_default=False)],
+            from_: Annotated[Optional[str], typer.Option("--from", help="source address")] = None,
+            iif: Annotated[Optional[str], typer.Option("--iif", help="the packet arrives on this interface "
+                                                       "(default: generated on the node)")] = None,
+            fwmark: Annotated[Optional[str], typer.Option("--fwmark", help="packet mark, e.g. 0x10")] = None,
+            output: OutputOpt = Output.text) -> None:
+    """The path of one packet through a node: policy rules in order and which matched, the table, the route,
+    the verdict and the netfilter hooks; checked against the kernel's own route lookup (exit 1 on a mismatch)."""
+    from .explain import render_text
+    mark = None
+    if fwmark is not None:
+        try:
+            mark = int(fwmark, 0)
+        except ValueError:
+            raise UsageError(f"invalid --fwmark {fwmark!r}: expected a number such as 0x10") from None
+    expl = api.explain(name, node, to, src=from_, iif=iif, fwmark=mark, directory=Opts.state_dir)
+    if output is Output.json:
+        print_json(expl.to_json())
+    else:
+        for line in render_text(expl):
+            console.print(line, markup=False)
+    if not expl.agrees:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
     def on_term(signum, frame):  # type: ignore[no-untyped-def]

@@ -55,6 +55,11 @@ def print_report(report: VerifyReport) -> None:
             what = f"{f.get('node')}: to {f.get('to')}" + (f" from {f['from']}" if f.get("from") else "")
         elif check.kind == "readback":
             what = "declared = live"
+        elif check.kind == "mesh":
+            nodes = f.get("nodes")
+            what = f"{'all nodes' if nodes == 'all' else ', '.join(nodes or [])} ({f.get('family')})"
+        elif check.kind == "source":
+            what = f"{f.get('from')} -> {f.get('to')} udp/{f.get('port')} (expect source {f.get('expect')})"
         else:
             what = ", ".join(f"{k}={v}" for k, v in f.items() if k in ("from", "to", "nodes", "family", "port"))
         table.add_row(str(i), check.kind, what, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
