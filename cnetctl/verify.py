@@ -19,7 +19,7 @@ from typing import Any
 from .kernel.netns import Sockets, netns_socket
 from .kernel.probe import PingHandle, Prober
 from .kernel.routes import route_get
-from .model.topology import Check, MeshCheck, SourceCheck
+from .model.topology import Check, MeshCheck, SourceCheck, TcpCheck
 from .normalize import HOST, DesiredState, resolve_table, resolve_target
 from .observe import CurrentState
 from .plan import plan
@@ -272,6 +272,46 @@ def _exchange(sender: socket.socket, listener: socket.socket, token: bytes, time
     return None, send_error
 
 
+def run_tcp(desired: DesiredState, check: Check) -> CheckResult:
+    """A TCP connection from `from` to `to:port` must arrive at a one-shot listener in `serve`
+    (proves a DNAT end to end: the connection lands where the rule says)."""
+    spec: TcpCheck = check.spec
+    fields = _check_fields(check)
+    target = resolve_target(desired, spec.to)
+    assert target is not None
+    fields["address"] = target
+    family = socket.AF_INET6 if ipaddress.ip_address(target).version == 6 else socket.AF_INET
+    serve_ns = desired.ns_of(spec.serve.node)
+    where = f"{spec.serve.node}:{spec.serve.port}"
+    with _source_lock((serve_ns, "tcp", spec.serve.port)), \
+            closing(netns_socket(serve_ns, family, socket.SOCK_STREAM)) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", spec.serve.port))
+            listener.listen(8)
+        except OSError as err:
+            return CheckResult("tcp", False, f"cannot listen on {where}: {_oserror(err)}", fields)
+        listener.setblocking(False)
+        with closing(netns_socket(desired.ns_of(spec.from_), family, socket.SOCK_STREAM)) as client:
+            client.settimeout(spec.timeout)
+            try:
+                client.connect((target, spec.port))
+            except OSError as err:
+                fields["connected"] = False
+                return CheckResult("tcp", False, f"{spec.from_} could not connect to {target}:{spec.port}: "
+                                   f"{_oserror(err) if not isinstance(err, TimeoutError) else 'timed out'}", fields)
+            fields["connected"] = True
+            fields["client"] = client.getsockname()[0]
+            if not select.select([listener], [], [], spec.timeout)[0]:
+                return CheckResult("tcp", False, f"connected to {target}:{spec.port}, but not to the listener on "
+                                   f"{where}: something else answered", fields)
+            conn, peer = listener.accept()
+            conn.close()
+    fields["seen"] = str(ipaddress.ip_address(peer[0].split("%")[0]))
+    return CheckResult("tcp", True, f"{spec.from_} -> {target}:{spec.port} arrived at {where} "
+                       f"from {fields['seen']}", fields)
+
+
 def run_route(desired: DesiredState, check: Check, sockets: Sockets) -> CheckResult:
     spec = check.spec
     fields = _check_fields(check)
@@ -327,6 +367,8 @@ def run_checks(desired: DesiredState, sockets: Sockets, extra: dict[str, Callabl
     def pooled(check: Check) -> list[CheckResult]:
         if check.kind == "source":
             return guarded(check, lambda: [run_source(desired, check)])()
+        if check.kind == "tcp":
+            return guarded(check, lambda: [run_tcp(desired, check)])()
         if extra and check.kind in extra:
             return guarded(check, lambda: extra[check.kind](desired, check, sockets))()
         return [CheckResult(check.kind, False, f"check kind {check.kind} is not supported yet",

@@ -165,7 +165,10 @@ def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = N
         (msg,) = ipr.route("get", **args)
     except NetlinkError as err:
         kind = ROUTE_GET_ERRORS.get(err.code, f"error {err.code}")
-        return RouteAnswer(ok=False, type=kind if kind in ("unreachable", "blackhole", "prohibit") else None,
+        # "none": no route matched at all (ENETUNREACH), so a check can expect exactly that.
+        typ = "none" if err.code == errno.ENETUNREACH else kind if kind in ("unreachable", "blackhole", "prohibit") \
+            else None
+        return RouteAnswer(ok=False, type=typ,
                            error=f"{kind} ({errno.errorcode.get(err.code, err.code)})")
     names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
     oif = msg.get("oif")

@@ -278,7 +278,8 @@ class RouteExpect(Strict):
     dev: IfName | None = None
     table: Table | None = None
     src: IP | None = None
-    type: Literal["unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit"] | None = None
+    # "none": the kernel finds no route at all ("Network is unreachable")
+    type: Literal["unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit", "none"] | None = None
 
 
 class RouteCheck(Strict):

@@ -181,3 +181,25 @@ def test_forward_drop_of_another_tool(drop_with, clean_world, firewall_snapshot,
         run("nft", "delete", "table", "inet", "usertable")
         if drop_with == "iptables-nft" and not had_nft_filter:
             run("nft", "delete", "table", "ip", "filter")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tcp_and_source_checks_fail_without_the_nat_rules(backend, clean_world, firewall_snapshot):
+    assert cnetctl("apply", DOCKER, "--nat-backend", backend).returncode == 0
+    if backend == "nftables":
+        run("nft", "flush", "table", "inet", "cnetctl-docker", check=True)
+    else:
+        for chain in ("CNET-DOCKER-PRE", "CNET-DOCKER-OUT", "CNET-DOCKER-POST"):
+            run("iptables-legacy", "-t", "nat", "-F", chain, check=True)
+    res = cnetctl("verify", DOCKER, "-o", "json")
+    assert res.returncode == 1
+    checks = {c["kind"] + ":" + str(c.get("to")): c for c in json.loads(res.stdout)["checks"]}
+    tcp = checks["tcp:10.200.0.1"]
+    assert not tcp["ok"] and tcp["connected"] is False  # nothing listens on the host's 8080 itself
+    masq = checks["source:outside:eth0"]
+    assert not masq["ok"] and masq["seen"] == "10.17.0.2"  # the container's own address got out ...
+    # ... as the receiver's kernel confirms independently of cnetctl:
+    assert source_seen("docker-c1", "docker-outside", "10.200.0.2", 7003) == "10.17.0.2"
+    assert checks["source:c2:eth0"]["ok"]  # bridged traffic never needed NAT
+    assert cnetctl("apply", DOCKER, "--nat-backend", backend).returncode == 0  # repaired, checks pass
+    assert cnetctl("destroy", "--name", "docker").returncode == 0
