@@ -35,7 +35,8 @@ def manifest(nodes: int, checks: int, seed: int) -> str:
     lines = ["apiVersion: cnetctl/v1", "name: bench", "nodes:", "  host:", "    bridges:",
              '      bbr0: {addresses: [10.77.0.1/24, "fd00:77::1/64"]}']
     for i in range(nodes):
-        lines += [f"  n{i}:", "    interfaces:", f'      eth0: {{addresses: [10.77.0.{i + 10}/24, "fd00:77::{i + 10:x}/64"]}}']
+        lines += [f"  n{i}:", "    interfaces:",
+                  f'      eth0: {{addresses: [10.77.0.{i + 10}/24, "fd00:77::{i + 10:x}/64"]}}']
     lines.append("links:")
     lines += [f"  - [n{i}:eth0, host:bbr0]" for i in range(nodes)]
     lines.append("checks:")

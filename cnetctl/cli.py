@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,30 +27,30 @@ app = typer.Typer(
 )
 
 
-class Output(str, enum.Enum):
+class Output(enum.StrEnum):
     text = "text"
     json = "json"
 
 
 class Opts:
-    state_dir: Optional[str] = None
+    state_dir: str | None = None
 
 
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="text (tables) or json")]
 FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVersion cnetctl/v1)",
                                         show_default=False)]
-class Backend(str, enum.Enum):
+class Backend(enum.StrEnum):
     auto = "auto"
     nftables = "nftables"
     iptables = "iptables"
 
 
-BackendOpt = Annotated[Optional[Backend], typer.Option(
+BackendOpt = Annotated[Backend | None, typer.Option(
     "--nat-backend", help="override settings.nat_backend: auto (what the host's iptables uses), nftables, iptables",
     show_default=False)]
 
 
-def _backend(value: Optional[Backend]) -> Optional[str]:
+def _backend(value: Backend | None) -> str | None:
     return value.value if value else None
 
 
@@ -71,7 +71,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    state_dir: Annotated[Optional[str], typer.Option("--state-dir", envvar="CNETCTL_STATE_DIR",
+    state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CNETCTL_STATE_DIR",
                                                      help="where state files and locks live "
                                                           "[default: /var/lib/cnetctl]")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
@@ -166,9 +166,9 @@ def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendO
 
 
 @app.command()
-def destroy(file: Annotated[Optional[str], typer.Argument(help="a manifest naming the topology", show_default=False)]
+def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming the topology", show_default=False)]
             = None,
-            name: Annotated[Optional[str], typer.Option("--name", help="the topology name (no file needed)")] = None,
+            name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
             output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0) -> None:
     """Remove everything a topology owns; idempotent, works without the file or the state file."""
     if (file is None) == (name is None):
@@ -177,6 +177,7 @@ def destroy(file: Annotated[Optional[str], typer.Argument(help="a manifest namin
         assert file is not None
         name = api.name_of(file)
     import re
+
     from .model.topology import TOPOLOGY_NAME_RE
     if not re.match(TOPOLOGY_NAME_RE, name):
         raise UsageError(f"invalid topology name {name!r}")
@@ -194,7 +195,7 @@ def destroy(file: Annotated[Optional[str], typer.Argument(help="a manifest namin
 
 
 @app.command()
-def status(name: Annotated[Optional[str], typer.Argument(help="one topology (default: all)", show_default=False)]
+def status(name: Annotated[str | None, typer.Argument(help="one topology (default: all)", show_default=False)]
            = None, output: OutputOpt = Output.text) -> None:
     """List applied topologies and their namespaces and links, read from the kernel."""
     items = api.status(name, Opts.state_dir)
@@ -220,10 +221,10 @@ def exec_(name: Annotated[str, typer.Argument(help="topology name")],
 def explain(name: Annotated[str, typer.Argument(help="topology name")],
             node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
             to: Annotated[str, typer.Option("--to", help="destination address", show_default=False)],
-            from_: Annotated[Optional[str], typer.Option("--from", help="source address")] = None,
-            iif: Annotated[Optional[str], typer.Option("--iif", help="the packet arrives on this interface "
+            from_: Annotated[str | None, typer.Option("--from", help="source address")] = None,
+            iif: Annotated[str | None, typer.Option("--iif", help="the packet arrives on this interface "
                                                        "(default: generated on the node)")] = None,
-            fwmark: Annotated[Optional[str], typer.Option("--fwmark", help="packet mark, e.g. 0x10")] = None,
+            fwmark: Annotated[str | None, typer.Option("--fwmark", help="packet mark, e.g. 0x10")] = None,
             output: OutputOpt = Output.text) -> None:
     """The path of one packet through a node: policy rules in order and which matched, the table, the route,
     the verdict and the netfilter hooks; checked against the kernel's own route lookup (exit 1 on a mismatch)."""

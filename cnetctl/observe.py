@@ -19,7 +19,7 @@ from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
 from .kernel.netns import Sockets, list_netns
 from .kernel.sysctl import read_sysctl
-from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
+from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Sysctl
 from .normalize import DesiredState
 from .state import State
 

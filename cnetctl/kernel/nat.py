@@ -20,7 +20,6 @@ import os
 import pickle
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import KernelError

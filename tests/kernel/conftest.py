@@ -27,7 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.kernel)
 
 
-def run(*argv: str, check: bool = False, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = False, input: str | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, input=input, timeout=timeout)
 
 

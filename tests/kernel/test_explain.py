@@ -246,7 +246,7 @@ def test_explain_matches_the_kernel_with_rp_filter_and_forwarding_off(r1):
     run("ip", "netns", "exec", "prt-r1", "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", check=True)
     run("ip", "netns", "exec", "prt-r1", "sysctl", "-qw", "net.ipv4.ip_forward=0", check=True)
     r1.reset()
-    for i, dst in enumerate(dests):
+    for dst in dests:
         problems += r1.check(dst, iif="eth0", src="10.10.1.2")
     assert not problems, "\n".join(problems[:20])
 

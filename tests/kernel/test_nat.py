@@ -32,7 +32,8 @@ print("ready", flush=True)
 c, (src, _) = s.accept(); c.sendall(b"hello from " + socket.gethostname().encode()); c.close()
 print(src, flush=True)
 """
-SEND = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))"
+SEND = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))")
 CONNECT = ("import socket, sys; c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); "
            "print(c.recv(100).decode())")
 

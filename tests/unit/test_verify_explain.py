@@ -6,9 +6,23 @@ import errno
 import ipaddress
 import socket
 
-from cnetctl.explain import (FIB_RULE_IIF_DETACHED, FIB_RULE_INVERT, FR_ACT_GOTO, FR_ACT_NOP, FR_ACT_PROHIBIT,
-                             FR_ACT_TO_TBL, RPF_ERRNO, Flow, KRoute, KRule, Snapshot, compare, explain_snapshot,
-                             fib_lookup, render_text)
+from cnetctl.explain import (
+    FIB_RULE_IIF_DETACHED,
+    FIB_RULE_INVERT,
+    FR_ACT_GOTO,
+    FR_ACT_NOP,
+    FR_ACT_PROHIBIT,
+    FR_ACT_TO_TBL,
+    RPF_ERRNO,
+    Flow,
+    KRoute,
+    KRule,
+    Snapshot,
+    compare,
+    explain_snapshot,
+    fib_lookup,
+    render_text,
+)
 from cnetctl.kernel.routes import RouteAnswer
 
 V4 = socket.AF_INET
