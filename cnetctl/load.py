@@ -11,11 +11,15 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from .errors import Problem, TopologyError
 from .model.topology import Topology
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Values after expanding YAML aliases: far above any real manifest, far below
+# what a "billion laughs" file (aliases of aliases) would make us build.
+MAX_MANIFEST_VALUES = 1_000_000
 
 PathPart = str | int
 
@@ -52,8 +56,48 @@ class Source:
         return TopologyError(self.file, sorted(problems, key=lambda p: (p.line or 0, p.path)))
 
 
-def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int]) -> Any:
-    """ruamel's round-trip nodes -> plain Python values, recording 1-based lines."""
+class _TooBig(Exception):
+    pass
+
+
+class _Recursive(Exception):
+    def __init__(self, path: tuple[PathPart, ...]):
+        self.path = path
+
+
+def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int],
+           budget: list[int] | None = None, active: set[int] | None = None) -> Any:
+    """ruamel's round-trip nodes -> plain Python values, recording 1-based lines.
+
+    Aliases are expanded (a value may be shared); a recursive alias raises
+    _Recursive, more than MAX_MANIFEST_VALUES values raise _TooBig.
+    """
+    budget = budget if budget is not None else [MAX_MANIFEST_VALUES]
+    active = active if active is not None else set()
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
+    if isinstance(node, CommentedMap | CommentedSeq):
+        if id(node) in active:
+            raise _Recursive(path)
+        active.add(id(node))
+        try:
+            return _plain_collection(node, path, lines, budget, active)
+        finally:
+            active.discard(id(node))
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return str(node)
+
+
+def _plain_collection(node: CommentedMap | CommentedSeq, path: tuple[PathPart, ...],
+                      lines: dict[tuple[PathPart, ...], int], budget: list[int], active: set[int]) -> Any:
     if isinstance(node, CommentedMap):
         out = {}
         for key, value in node.items():
@@ -64,27 +108,17 @@ def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ..
                 lines[sub] = node.lc.key(key)[0] + 1
             except (KeyError, TypeError):
                 lines[sub] = lines.get(path, 0)
-            out[sub[-1]] = _plain(value, sub, lines)
+            out[sub[-1]] = _plain(value, sub, lines, budget, active)
         return out
-    if isinstance(node, CommentedSeq):
-        out_list = []
-        for i, value in enumerate(node):
-            sub = (*path, i)
-            try:
-                lines[sub] = node.lc.item(i)[0] + 1
-            except (KeyError, TypeError, IndexError):
-                lines[sub] = lines.get(path, 0)
-            out_list.append(_plain(value, sub, lines))
-        return out_list
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return str(node)
+    out_list = []
+    for i, value in enumerate(node):
+        sub = (*path, i)
+        try:
+            lines[sub] = node.lc.item(i)[0] + 1
+        except (KeyError, TypeError, IndexError):
+            lines[sub] = lines.get(path, 0)
+        out_list.append(_plain(value, sub, lines, budget, active))
+    return out_list
 
 
 def parse_yaml(text: str, file: str) -> Source:
@@ -101,10 +135,30 @@ def parse_yaml(text: str, file: str) -> Source:
         line = mark.line + 1 if mark else None
         msg = " ".join(str(x) for x in (err.context, err.problem) if x)
         raise src.fail([Problem("", f"YAML syntax error: {msg}", line)]) from None
+    except ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1 if isinstance(err.position, int) else None
+        char = f"#x{err.character:04x}" if isinstance(err.character, int) else repr(err.character)
+        raise src.fail([Problem("", f"YAML error: character {char} is not allowed in YAML ({err.reason})",
+                                line)]) from None
     except YAMLError as err:
-        raise src.fail([Problem("", f"YAML error: {err}")]) from None
+        raise src.fail([Problem("", "YAML error: " + " ".join(str(err).split()))]) from None
+    except RecursionError:
+        raise src.fail([Problem("", "YAML error: the document is nested too deeply")]) from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # A scalar ruamel resolves but cannot construct: an integer of more than
+        # 4300 digits, a date like 2024-13-45, `!!int abc` …
+        raise src.fail([Problem("", f"YAML error: a value cannot be read: {str(err).split(';')[0]}")]) from None
     src.lines[()] = 1
-    src.data = _plain(doc, (), src.lines)
+    try:
+        src.data = _plain(doc, (), src.lines)
+    except _Recursive as err:
+        raise src.fail([src.problem(err.path, "a YAML alias refers to a value that contains it (recursive "
+                                    "anchor)")]) from None
+    except _TooBig:
+        raise src.fail([Problem("", f"the manifest expands to more than {MAX_MANIFEST_VALUES} values "
+                                    "(YAML aliases of aliases?)")]) from None
+    except RecursionError:
+        raise src.fail([Problem("", "YAML error: the document is nested too deeply")]) from None
     return src
 
 
@@ -129,7 +183,10 @@ def read_manifest_text(file: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise fail(f"not UTF-8 text (byte {err.start})") from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TopologyError(file, [Problem("", f"not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}, "
+                                               f"column {column} (save the file as UTF-8)", line)]) from None
 
 
 def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:
