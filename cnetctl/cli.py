@@ -215,12 +215,13 @@ def main() -> None:
         err_console.print(f"cnetctl: {err}", markup=False)
         sys.exit(2)
     except Exception as err:  # click's usage errors
-        import click
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
+        # Duck-typed: typer >= 0.2x vendors click as typer._click, older typer uses click itself.
+        show, code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if callable(show) and isinstance(code, int):  # ClickException: UsageError, NoSuchOption …
+            show()
             sys.exit(2)
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
+        if type(err).__name__ == "Exit" and isinstance(code, int):
+            sys.exit(code)
         raise
 
 
