@@ -121,6 +121,71 @@ def _plain_collection(node: CommentedMap | CommentedSeq, path: tuple[PathPart, .
     return out_list
 
 
+# ruamel names tokens as they appear in its grammar; say what they are instead.
+_TOKENS = {"'<block mapping start>'": "a new indented mapping", "'<block sequence start>'": "a new indented list",
+           "<block end>": "the end of the indented block", "'<block end>'": "the end of the indented block",
+           "'?'": "a key", "'<stream end>'": "the end of the file", "'-'": "a list item '-'"}
+
+
+def _syntax_problem(err: MarkedYAMLError, what: str = "YAML syntax error") -> Problem:
+    """ruamel's error as one line: the problem, where the construct it was parsing began, a hint."""
+    mark = err.problem_mark or err.context_mark
+    line = mark.line + 1 if mark else None
+    problem = " ".join(str(err.problem or "").split()) or "invalid YAML"
+    for token, words in _TOKENS.items():
+        problem = problem.replace(token, words)
+    msg = f"{what}: {problem}"
+    context = " ".join(str(err.context or "").split())
+    if context.startswith("while"):
+        if err.context_mark is not None and err.context_mark.line + 1 != line:
+            context += f" that starts on line {err.context_mark.line + 1}"
+        msg += f" ({context})"
+    elif context:  # e.g. "expected a single document in the stream" + "but found another document"
+        msg = f"{what}: {context} {problem}"
+    if "\\t" in problem or "\t" in problem:
+        msg += "; indent with spaces, YAML does not allow tabs"
+    elif "mapping values are not allowed" in problem:
+        msg += "; quote a value that contains ': ', or check the indentation"
+    elif "block" in msg:
+        msg += "; check the indentation"
+    return Problem("", msg, line)
+
+
+def _duplicate_keys(yaml: YAML, text: str) -> list[Problem]:
+    """Every key given twice in one mapping, by YAML path, with the line of its first use."""
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    problems: list[Problem] = []
+    seen_nodes: set[int] = set()
+
+    def walk(node: Any, path: tuple[PathPart, ...]) -> None:
+        if id(node) in seen_nodes:  # an alias: already walked
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                ident = (key.tag.value if hasattr(key.tag, "value") else str(key.tag), str(key.value)) \
+                    if isinstance(key, ScalarNode) else ("", str(id(key)))
+                sub = (*path, str(key.value) if isinstance(key, ScalarNode) else "?")
+                line = key.start_mark.line + 1
+                if ident in first:
+                    problems.append(Problem(format_path(sub), f"duplicate key: already given on line "
+                                                              f"{first[ident]} (keys must be unique)", line))
+                else:
+                    first[ident] = line
+                walk(value, sub)
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        walk(yaml.compose(text), ())
+    except (YAMLError, RecursionError):
+        return []
+    return problems
+
+
 def parse_yaml(text: str, file: str) -> Source:
     src = Source(file)
     yaml = YAML(typ="rt")
@@ -128,13 +193,9 @@ def parse_yaml(text: str, file: str) -> Source:
     try:
         doc = yaml.load(text)
     except DuplicateKeyError as err:
-        line = err.problem_mark.line + 1 if err.problem_mark else None
-        raise src.fail([Problem("", f"duplicate key: {str(err.problem).strip()}", line)]) from None
+        raise src.fail(_duplicate_keys(yaml, text) or [_syntax_problem(err, "duplicate key")]) from None
     except MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
-        msg = " ".join(str(x) for x in (err.context, err.problem) if x)
-        raise src.fail([Problem("", f"YAML syntax error: {msg}", line)]) from None
+        raise src.fail([_syntax_problem(err)]) from None
     except ReaderError as err:
         line = text.count("\n", 0, err.position) + 1 if isinstance(err.position, int) else None
         char = f"#x{err.character:04x}" if isinstance(err.character, int) else repr(err.character)
@@ -189,6 +250,24 @@ def read_manifest_text(file: str) -> str:
                                                f"column {column} (save the file as UTF-8)", line)]) from None
 
 
+def _describe(value: Any) -> str:
+    """A YAML value as a user wrote it: 'the string "x"', 'a list', 'null' …"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        text = str(value)
+        return f"the number {text if len(text) <= 24 else text[:20] + '…'}"
+    if isinstance(value, str):
+        return f"the string {value if len(value) <= 40 else value[:37] + '…'!r}"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
 def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:
     problems = []
     for e in err.errors(include_url=False):
@@ -240,8 +319,8 @@ def load_topology_text(text: str, file: str) -> tuple[Topology, Source]:
     if src.data is None:
         raise src.fail([Problem("", "empty manifest: expected a mapping with apiVersion, name, nodes", 1)])
     if not isinstance(src.data, dict):
-        kind = type(src.data).__name__.replace("str", "string").replace("dict", "mapping")
-        raise src.fail([Problem("", f"the manifest must be a mapping, not a {kind}", 1)])
+        raise src.fail([Problem("", f"the manifest must be a mapping (apiVersion: …, name: …, nodes: …), "
+                                    f"not {_describe(src.data)}", 1)])
     try:
         topo = Topology.model_validate(src.data)
     except ValidationError as err:
