@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -14,7 +16,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from .errors import Problem, TopologyError
-from .model.topology import Topology
+from .model.topology import PATTERN_HELP, Topology
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Values after expanding YAML aliases: far above any real manifest, far below
@@ -268,20 +270,127 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+# pydantic's "Input should be a valid X" errors, by type: what was expected, in YAML words.
+_EXPECTED = {"int": "an integer", "string": "a string", "float": "a number", "bool": "true or false",
+             "dict": "a mapping", "model": "a mapping", "model_attributes": "a mapping", "list": "a list",
+             "tuple": "a list", "set": "a list", "frozen_set": "a list"}
+_EXPECTED_PARSING = {"int_parsing": "an integer", "int_from_float": "an integer", "float_parsing": "a number",
+                     "bool_parsing": "true or false"}
+
+
+def _expected(error: Any) -> str | None:
+    """What a type-like error expected ('an integer', "'tcp' or 'udp'"), None for other errors."""
+    typ = error["type"]
+    if typ == "literal_error":
+        return str((error.get("ctx") or {}).get("expected", "")) or None
+    if typ in _EXPECTED_PARSING:
+        return _EXPECTED_PARSING[typ]
+    if typ.endswith("_type"):
+        return _EXPECTED.get(typ[: -len("_type")])
+    return None
+
+
+def _number(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
+def _message(error: Any, path: tuple[PathPart, ...]) -> str:
+    """One pydantic error as a sentence about the YAML the user wrote."""
+    typ, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if typ == "extra_forbidden":
+        key = str(path[-1]) if path else "?"
+        allowed = _allowed_keys(error["loc"][:-1])
+        if allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"unknown key {key!r} ({hint}allowed: {', '.join(allowed)})"
+        return f"unknown key {key!r}"
+    if typ == "missing":
+        return "required key is missing"
+    bounds = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le"),
+              "greater_than": ("greater than", "gt"), "less_than": ("less than", "lt")}
+    if typ in bounds:
+        words, key = bounds[typ]
+        return f"must be {words} {_number(ctx.get(key))}, got {_number(value)}"
+    if typ == "string_pattern_mismatch":
+        help_ = PATTERN_HELP.get(ctx.get("pattern", ""))
+        if help_ and isinstance(value, str):
+            what, limit, rule = help_
+            if len(value) > limit:
+                return f"invalid {what} {value!r}: {len(value)} characters, at most {limit}"
+            return f"invalid {what} {value!r}: {rule}"
+        return f"{value!r} does not match {ctx.get('pattern')}"
+    if typ == "too_short":
+        return f"needs at least {ctx.get('min_length')} items, got {ctx.get('actual_length')}"
+    if typ == "too_long":
+        return f"takes at most {ctx.get('max_length')} items, got {ctx.get('actual_length')}"
+    if typ == "finite_number":
+        return f"must be a finite number, got {_number(value)}"
+    msg = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def _unwrap(tp: Any) -> Any:
+    """Annotated[X, …] -> X; Optional[X] -> X; a union with one model among its members -> that model."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+            continue
+        if get_origin(tp) in (Union, types.UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            models = [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            if len(models) == 1:
+                tp = models[0]
+                continue
+        return tp
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the model at pydantic location `loc` accepts (as written in YAML), if known."""
+    tp: Any = Topology
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            found = [f for name, f in tp.model_fields.items() if part in (name, f.alias)]
+            if found:
+                tp = found[0].annotation
+            # else: a tag pydantic adds to a location (e.g. 'function-after[…]'): stay
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) is list:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is tuple:
+            args = get_args(tp)
+            tp = args[part] if isinstance(part, int) and 0 <= part < len(args) else args[0]
+        else:
+            return None
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.alias or name for name, f in tp.model_fields.items()]
+    return None
+
+
 def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:
     problems = []
+    # A value that fits no member of a union (int | str, 'all' | list) gets one error per
+    # member, all at the same path: merged into "expected an integer or a string, got a list".
+    expected: dict[tuple[PathPart, ...], tuple[list[str], Any]] = {}
     for e in err.errors(include_url=False):
         path = _data_path(src.data, e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = f"unknown key {path[-1]!r}" if path else "unknown key"
-        elif e["type"] == "missing":
-            msg = "required field missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        problems.append(src.problem(path, msg))
+        want = _expected(e)
+        if want is not None:
+            expected.setdefault(path, ([], e.get("input")))[0].append(want)
+            continue
+        problems.append(src.problem(path, _message(e, path)))
+    for path, (wants, value) in expected.items():
+        problems.append(src.problem(path, f"expected {' or '.join(dict.fromkeys(wants))}, got {_describe(value)}"))
     # One message per path: a union reports the same input once per member.
     seen: dict[tuple[str, str], Problem] = {}
     for p in problems:

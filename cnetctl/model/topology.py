@@ -16,6 +16,18 @@ IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
 TOPOLOGY_NAME_RE = r"^[a-z][a-z0-9-]{0,15}$"
 NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 NETNS_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+TABLE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+# What a name pattern means, for error messages: pattern -> (what, max length, rule).
+PATTERN_HELP = {
+    TOPOLOGY_NAME_RE: ("topology name", 16, "1-16 characters: lowercase letters, digits and '-', "
+                                            "starting with a letter"),
+    NODE_NAME_RE: ("node name", 32, "1-32 characters: letters, digits, '_' and '-', starting with a letter "
+                                    "or digit"),
+    NETNS_NAME_RE: ("netns name", 64, "1-64 characters: letters, digits, '_', '.' and '-', starting with a "
+                                      "letter, digit or '_'"),
+    TABLE_NAME_RE: ("table name", 64, "1-64 characters: letters, digits, '_' and '-', starting with a letter "
+                                      "or '_'"),
+}
 ENDPOINT_RE = re.compile(r"^(?P<node>[A-Za-z0-9][A-Za-z0-9_-]{0,31}):(?P<ifname>[^/:\s]{1,15})$")
 
 U32_MAX = 2**32 - 1
@@ -110,7 +122,7 @@ def _table(v: int | str) -> int | str:
         return v
     if v.isdigit():
         return _table(int(v))
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", v):
+    if not re.match(TABLE_NAME_RE, v):
         raise ValueError(f"invalid table name {v!r}")
     return v
 
@@ -351,7 +363,7 @@ class Topology(Strict):
     apiVersion: Literal["cnetctl/v1"]
     name: Annotated[str, Field(pattern=TOPOLOGY_NAME_RE)]
     settings: Settings = Settings()
-    tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")],
+    tables: dict[Annotated[str, Field(pattern=TABLE_NAME_RE)],
                  Annotated[int, Field(ge=1, le=U32_MAX)]] = {}
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME_RE)], Node]
     links: list[tuple[Endpoint, Endpoint]] = []
