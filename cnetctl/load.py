@@ -390,7 +390,10 @@ def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:
             continue
         problems.append(src.problem(path, _message(e, path)))
     for path, (wants, value) in expected.items():
-        problems.append(src.problem(path, f"expected {' or '.join(dict.fromkeys(wants))}, got {_describe(value)}"))
+        msg = f"expected {' or '.join(dict.fromkeys(wants))}, got {_describe(value)}"
+        if isinstance(value, str) and "an integer" in wants and value.strip().lstrip("-").isdigit():
+            msg += " (write the number without quotes)"
+        problems.append(src.problem(path, msg))
     # One message per path: a union reports the same input once per member.
     seen: dict[tuple[str, str], Problem] = {}
     for p in problems:

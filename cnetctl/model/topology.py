@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
 TOPOLOGY_NAME_RE = r"^[a-z][a-z0-9-]{0,15}$"
@@ -76,6 +76,8 @@ def _ip(v: str) -> str:
     try:
         return str(ipaddress.ip_address(v))
     except ValueError:
+        if "/" in v:
+            raise ValueError(f"invalid IP address {v!r}: give a single address, without /PREFIX") from None
         raise ValueError(f"invalid IP address {v!r}") from None
 
 
@@ -84,7 +86,11 @@ def _ip_or_network(v: str) -> str:
 
 
 def _ifname_maybe_negated(v: str) -> str:
-    _ifname(v[1:] if v.startswith("!") else v)
+    try:
+        _ifname(v[1:] if v.startswith("!") else v)
+    except ValueError:
+        raise ValueError(f"invalid interface name {v!r}: IFNAME or !IFNAME, 1-15 bytes, no '/', ':' or "
+                         "whitespace") from None
     return v
 
 
@@ -135,6 +141,15 @@ def _scope(v: int | str) -> int | str:
     raise ValueError(f"invalid scope {v!r}: one of {', '.join(SCOPES)} or 0..255")
 
 
+def _link(v: Any) -> Any:
+    """A link is a pair of ends; say so instead of pydantic's tuple wording."""
+    if isinstance(v, list | tuple) and len(v) != 2:
+        raise ValueError(f"a link has exactly 2 ends, [NODE:IFNAME, NODE:IFNAME]; got {len(v)}")
+    if not isinstance(v, list | tuple):
+        raise ValueError("a link is a list of 2 ends, e.g. [ns1:eth0, host:br0]")
+    return v
+
+
 def _endpoint(v: str) -> str:
     if not ENDPOINT_RE.match(v):
         raise ValueError(f"invalid link end {v!r}: expected NODE:IFNAME (interface 1-15 chars)")
@@ -153,19 +168,30 @@ Fwmark = Annotated[int | str, AfterValidator(_fwmark)]
 Table = Annotated[int | str, AfterValidator(_table)]
 Scope = Annotated[int | str, AfterValidator(_scope)]
 Endpoint = Annotated[str, AfterValidator(_endpoint)]
-Mtu = Annotated[int, Field(ge=68, le=65535)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
+Link = Annotated[tuple[Endpoint, Endpoint], BeforeValidator(_link)]
+# Numbers are strict: YAML gives real integers, and lax mode would read `mtu: true`
+# as 1 or `metric: "10"` as 10 without a word.
+Mtu = Annotated[int, Field(strict=True, ge=68, le=65535)]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+U32 = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
+U32NonZero = Annotated[int, Field(strict=True, ge=1, le=U32_MAX)]
+
+
+def _timeout(default: float) -> Any:
+    return Field(default, strict=True, gt=0, le=60)
+
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No populate_by_name: the manifest spells fields by alias only (`from`, never `from_`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _exactly_one(model: BaseModel, kinds: tuple[str, ...], what: str) -> None:
     given = [k for k in kinds if getattr(model, k) is not None]
     if len(given) != 1:
-        raise ValueError(f"{what} needs exactly one of: {', '.join(kinds)}")
+        got = f"got {' and '.join(given)}" if given else "got none"
+        raise ValueError(f"{what} needs exactly one of: {', '.join(kinds)} ({got})")
 
 
 class Settings(Strict):
@@ -213,7 +239,7 @@ class RuleSpec(Strict):
     iif: IfName | None = None
     oif: IfName | None = None
     fwmark: Fwmark | None = None
-    priority: Annotated[int, Field(ge=1, le=U32_MAX)] | None = None
+    priority: U32NonZero | None = None
     table: Table
 
 
@@ -230,11 +256,12 @@ class Snat(Strict):
 
 def _dnat_to(v: str) -> str:
     host, sep, port = v.rpartition(":") if v.count(":") == 1 or v.startswith("[") else ("", "", "")
-    if not sep:
-        return _ip(v)
-    host = host.strip("[]")
-    _ip(host)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    try:
+        _ip(host.strip("[]") if sep else v)
+    except ValueError:
+        raise ValueError(f"invalid dnat target {v!r}: expected IP or IP:PORT, e.g. 10.0.0.2, 10.0.0.2:8080 "
+                         "or [fd00::2]:8080") from None
+    if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
         raise ValueError(f"invalid port in {v!r}: 1..65535")
     return v
 
@@ -280,8 +307,8 @@ class Node(Strict):
 class PingCheck(Strict):
     from_: str = Field(alias="from")
     to: str
-    count: Annotated[int, Field(ge=1, le=100)] = 1
-    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    count: Annotated[int, Field(strict=True, ge=1, le=100)] = 1
+    timeout: float = _timeout(1.0)
     expect: Literal["reachable", "unreachable"] = "reachable"
 
 
@@ -305,21 +332,24 @@ class RouteCheck(Strict):
 class MeshCheck(Strict):
     nodes: Literal["all"] | list[str] = "all"
     family: Literal["ipv4", "ipv6", "both"] = "both"
-    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    timeout: float = _timeout(1.0)
+
+
+def _preserved_or_ip(v: str) -> str:
+    if v == "preserved":
+        return v
+    try:
+        return _ip(v)
+    except ValueError:
+        raise ValueError(f"expect is 'preserved' or the source IP the server should see, got {v!r}") from None
 
 
 class SourceCheck(Strict):
     from_: str = Field(alias="from")
     to: str
     port: Port = 7777
-    expect: str = "preserved"
-    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
-
-    @model_validator(mode="after")
-    def _expect(self) -> SourceCheck:
-        if self.expect != "preserved":
-            _ip(self.expect)
-        return self
+    expect: Annotated[str, AfterValidator(_preserved_or_ip)] = "preserved"
+    timeout: float = _timeout(2.0)
 
 
 class TcpServe(Strict):
@@ -332,7 +362,7 @@ class TcpCheck(Strict):
     to: str
     port: Port
     serve: TcpServe
-    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    timeout: float = _timeout(2.0)
 
 
 CHECK_KINDS = ("ping", "route", "mesh", "source", "tcp")
@@ -364,7 +394,7 @@ class Topology(Strict):
     name: Annotated[str, Field(pattern=TOPOLOGY_NAME_RE)]
     settings: Settings = Settings()
     tables: dict[Annotated[str, Field(pattern=TABLE_NAME_RE)],
-                 Annotated[int, Field(ge=1, le=U32_MAX)]] = {}
+                 U32NonZero] = {}
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME_RE)], Node]
-    links: list[tuple[Endpoint, Endpoint]] = []
+    links: list[Link] = []
     checks: list[Check] = []
