@@ -75,6 +75,15 @@ def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+def _mixed_families(named: dict[str, str | None]) -> str | None:
+    """'to fd00::/64 is IPv6, via 10.0.0.1 is IPv4' when the values mix families, else None."""
+    given = {k: v for k, v in named.items() if v}
+    if len({_family(v) for v in given.values()}) < 2:
+        return None
+    parts = [f"{k} {v} is {'IPv6' if _family(v) == socket.AF_INET6 else 'IPv4'}" for k, v in given.items()]
+    return "mixes IPv4 and IPv6: " + ", ".join(parts)
+
+
 def _as_cidr(addr: str) -> str:
     return str(ipaddress.ip_network(addr, strict=False))
 
@@ -115,12 +124,14 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
     # A link end naming a bridge of its node plugs a generated veth into that bridge
     # (any number of links may); any other end is a veth of that name, used once.
     used: set[Endpoint] = set()
+    mentioned: set[Endpoint] = set()   # every end named by a link, even one rejected below
     pairs: list[tuple[_End, _End]] = []
     for i, (a, b) in enumerate(topo.links):
         ok = True
         parsed = []
         for j, end in enumerate((a, b)):
             node, ifname = end.split(":", 1)
+            mentioned.add((node, ifname))
             path: tuple[PathPart, ...] = ("links", i, j)
             if node not in topo.nodes:
                 err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
@@ -168,6 +179,8 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
         for ifname, ispec in spec.interfaces.items():
             if (node, ifname) in used or ifname == "lo" or ifname in spec.bridges:
                 continue
+            if (node, ifname) in mentioned:
+                continue  # its link was rejected above: that error is the one to fix
             if node == HOST:
                 # An existing host device: configured, never created or deleted.
                 resources.append(Link(None, ifname, "device", mtu=ispec.mtu, up=None, master=None))
@@ -238,7 +251,8 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
             fam_sources = [x for x in ((None if r.to == "default" else r.to), r.via, r.src) if x]
             fams = {_family(x) for x in fam_sources}
             if len(fams) > 1:
-                err.add(path, "mixes IPv4 and IPv6 addresses")
+                err.add(path, _mixed_families({"to": None if r.to == "default" else r.to, "via": r.via,
+                                               "src": r.src}) or "mixes IPv4 and IPv6 addresses")
                 continue
             family = fams.pop() if fams else socket.AF_INET
             dst = r.to if r.to != "default" else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
@@ -280,7 +294,7 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
                 continue
             fams = {_family(x) for x in (rl.from_, rl.to) if x}
             if len(fams) > 1:
-                err.add(path, "mixes IPv4 and IPv6 selectors")
+                err.add(path, _mixed_families({"from": rl.from_, "to": rl.to}) or "mixes IPv4 and IPv6 selectors")
                 continue
             family = fams.pop() if fams else socket.AF_INET
             if rl.priority is not None:
@@ -330,7 +344,15 @@ def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
             err.add(path, f"unknown node {node!r}")
 
     def target_ref(path: tuple[PathPart, ...], target: str) -> None:
-        if resolve_target(state, target) is None:
+        if resolve_target(state, target) is not None:
+            return
+        node, _, ifname = target.partition(":")
+        if node in topo.nodes and (node, ifname) in state.interfaces:
+            err.add(path, f"{target} has no address to aim at: give it one under "
+                          f"nodes.{node}.interfaces.{ifname}.addresses, or write an IP address")
+        elif node in topo.nodes:
+            err.add(path, f"node {node!r} has no interface {ifname!r}")
+        else:
             err.add(path, f"{target!r} is neither an IP address nor NODE:IFNAME of an interface with an address")
 
     for k, check in enumerate(topo.checks):
@@ -359,4 +381,8 @@ def _check_nat(topo: Topology, state: DesiredState, err: _Collector) -> None:
                 if value:
                     fams.add(_family(value))
             if len(fams) > 1:
-                err.add(("nodes", node, "nat", k), "mixes IPv4 and IPv6 addresses")
+                kind = next(n for n in ("masquerade", "snat") if getattr(rule, n) is not None)
+                spec_ = getattr(rule, kind)
+                err.add(("nodes", node, "nat", k), _mixed_families(
+                    {"source": spec_.source, "to_source": getattr(spec_, "to_source", None)})
+                    or "mixes IPv4 and IPv6 addresses")
