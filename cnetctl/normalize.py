@@ -123,7 +123,7 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
     # --- links ----------------------------------------------------------------------------
     # A link end naming a bridge of its node plugs a generated veth into that bridge
     # (any number of links may); any other end is a veth of that name, used once.
-    used: set[Endpoint] = set()
+    used: dict[Endpoint, int] = {}     # end -> index of the link that uses it
     mentioned: set[Endpoint] = set()   # every end named by a link, even one rejected below
     pairs: list[tuple[_End, _End]] = []
     for i, (a, b) in enumerate(topo.links):
@@ -140,7 +140,8 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
                 err.add(path, "'lo' cannot be a link end")
                 ok = False
             elif ifname not in topo.nodes[node].bridges and (node, ifname) in used:
-                err.add(path, f"link end {end} is already used by another link")
+                err.add(path, f"link end {end} is already used by links[{used[(node, ifname)]}] (a veth end "
+                              "belongs to one link; plug several links into a bridge instead)")
                 ok = False
             parsed.append((node, ifname))
         if a == b:
@@ -153,7 +154,7 @@ def normalize(topo: Topology, src: Source | None = None) -> DesiredState:
             if ifname in topo.nodes[node].bridges:
                 resolved.append(_End(node, generated_ifname(name, node, f"{ifname}/{pnode}/{pif}"), ifname, ifname))
             else:
-                used.add((node, ifname))
+                used[(node, ifname)] = i
                 resolved.append(_End(node, ifname, ifname, None))
         pairs.append((resolved[0], resolved[1]))
 
