@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -26,13 +28,22 @@ MAX_MANIFEST_VALUES = 1_000_000
 PathPart = str | int
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
 def format_path(path: tuple[PathPart, ...]) -> str:
+    """('nodes', 'ns1', 'routes', 1, 'via') -> nodes.ns1.routes[1].via.
+
+    A key that is not a plain word (a sysctl's dots, a space, an empty key …) is
+    quoted, nodes.ns1.sysctls["net.ipv4.ip_forward"], so the path stays unambiguous."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
     return out
 
 
