@@ -342,7 +342,7 @@ def resolve_target(state: DesiredState, target: str) -> str | None:
 def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
     def node_ref(path: tuple[PathPart, ...], node: str) -> None:
         if node not in topo.nodes:
-            err.add(path, f"unknown node {node!r}")
+            err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
 
     def target_ref(path: tuple[PathPart, ...], target: str) -> None:
         if resolve_target(state, target) is not None:
@@ -365,7 +365,7 @@ def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
         if check.kind == "route":
             node_ref((*base, "node"), spec.node)
             if spec.expect.table is not None and resolve_table(topo, spec.expect.table) is None:
-                err.add((*base, "expect", "table"), f"unknown table {spec.expect.table!r}")
+                err.add((*base, "expect", "table"), f"unknown table {spec.expect.table!r} (define it under tables:)")
         if check.kind == "mesh" and spec.nodes != "all":
             for j, n in enumerate(spec.nodes):
                 node_ref((*base, "nodes", j), n)
