@@ -78,60 +78,78 @@ class _Recursive(Exception):
         self.path = path
 
 
-def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int],
-           budget: list[int] | None = None, active: set[int] | None = None) -> Any:
+def _plain(node: Any, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int]) -> Any:
     """ruamel's round-trip nodes -> plain Python values, recording 1-based lines.
 
     Aliases are expanded (a value may be shared); a recursive alias raises
     _Recursive, more than MAX_MANIFEST_VALUES values raise _TooBig.
     """
-    budget = budget if budget is not None else [MAX_MANIFEST_VALUES]
-    active = active if active is not None else set()
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _TooBig
-    if isinstance(node, CommentedMap | CommentedSeq):
-        if id(node) in active:
-            raise _Recursive(path)
-        active.add(id(node))
-        try:
-            return _plain_collection(node, path, lines, budget, active)
-        finally:
-            active.discard(id(node))
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return str(node)
+    return _Expander(lines).plain(node, path)
 
 
-def _plain_collection(node: CommentedMap | CommentedSeq, path: tuple[PathPart, ...],
-                      lines: dict[tuple[PathPart, ...], int], budget: list[int], active: set[int]) -> Any:
-    if isinstance(node, CommentedMap):
-        out = {}
-        for key, value in node.items():
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                key = str(key)
-            sub = (*path, key if isinstance(key, str) else str(key))
+class _Expander:
+    def __init__(self, lines: dict[tuple[PathPart, ...], int]):
+        self.lines = lines
+        self.budget = MAX_MANIFEST_VALUES
+        self.active: set[int] = set()       # containers being expanded (a cycle = a recursive alias)
+        self.done: dict[int, tuple[Any, int]] = {}  # container -> (plain value, number of values in it)
+
+    def plain(self, node: Any, path: tuple[PathPart, ...]) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooBig
+        if isinstance(node, CommentedMap | CommentedSeq):
+            key = id(node)
+            if key in self.active:
+                raise _Recursive(path)
+            if key in self.done:
+                # An alias of a value already expanded: share it, charge its size (so aliases
+                # of aliases fail long before they are built); errors inside it are reported
+                # on the line of the alias.
+                value, size = self.done[key]
+                self.budget -= size
+                if self.budget < 0:
+                    raise _TooBig
+                return value
+            before = self.budget
+            self.active.add(key)
             try:
-                lines[sub] = node.lc.key(key)[0] + 1
-            except (KeyError, TypeError):
+                out = self.collection(node, path)
+            finally:
+                self.active.discard(key)
+            self.done[key] = (out, before - self.budget)
+            return out
+        if isinstance(node, bool) or node is None:
+            return node
+        if isinstance(node, int):
+            return int(node)
+        if isinstance(node, float):
+            return float(node)
+        return str(node)
+
+    def collection(self, node: CommentedMap | CommentedSeq, path: tuple[PathPart, ...]) -> Any:
+        lines = self.lines
+        if isinstance(node, CommentedMap):
+            out = {}
+            for key, value in node.items():
+                if not isinstance(key, str | int) or isinstance(key, bool):
+                    key = str(key)
+                sub = (*path, key if isinstance(key, str) else str(key))
+                try:
+                    lines[sub] = node.lc.key(key)[0] + 1
+                except (KeyError, TypeError):
+                    lines[sub] = lines.get(path, 0)
+                out[sub[-1]] = self.plain(value, sub)
+            return out
+        out_list = []
+        for i, value in enumerate(node):
+            sub = (*path, i)
+            try:
+                lines[sub] = node.lc.item(i)[0] + 1
+            except (KeyError, TypeError, IndexError):
                 lines[sub] = lines.get(path, 0)
-            out[sub[-1]] = _plain(value, sub, lines, budget, active)
-        return out
-    out_list = []
-    for i, value in enumerate(node):
-        sub = (*path, i)
-        try:
-            lines[sub] = node.lc.item(i)[0] + 1
-        except (KeyError, TypeError, IndexError):
-            lines[sub] = lines.get(path, 0)
-        out_list.append(_plain(value, sub, lines, budget, active))
-    return out_list
+            out_list.append(self.plain(value, sub))
+        return out_list
 
 
 # ruamel names tokens as they appear in its grammar; say what they are instead.
