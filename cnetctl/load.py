@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
@@ -217,9 +217,23 @@ def _duplicate_keys(yaml: YAML, text: str) -> list[Problem]:
     return problems
 
 
+class _LocatingConstructor(RoundTripConstructor):
+    """Notes on a scalar that cannot be constructed (a 5000-digit integer, 2024-13-45,
+    `!!int abc`) the line it is on: ruamel raises a bare ValueError without a mark."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as err:
+            if not hasattr(err, "cnetctl_line") and getattr(node, "start_mark", None) is not None:
+                err.cnetctl_line = node.start_mark.line + 1  # type: ignore[attr-defined]
+            raise
+
+
 def parse_yaml(text: str, file: str) -> Source:
     src = Source(file)
     yaml = YAML(typ="rt")
+    yaml.Constructor = _LocatingConstructor
     yaml.allow_duplicate_keys = False
     try:
         doc = yaml.load(text)
@@ -239,7 +253,8 @@ def parse_yaml(text: str, file: str) -> Source:
     except (ValueError, TypeError, OverflowError) as err:
         # A scalar ruamel resolves but cannot construct: an integer of more than
         # 4300 digits, a date like 2024-13-45, `!!int abc` …
-        raise src.fail([Problem("", f"YAML error: a value cannot be read: {str(err).split(';')[0]}")]) from None
+        raise src.fail([Problem("", f"YAML error: a value cannot be read: {str(err).split(';')[0]}",
+                                getattr(err, "cnetctl_line", None))]) from None
     src.lines[()] = 1
     try:
         src.data = _plain(doc, (), src.lines)
