@@ -164,9 +164,10 @@ IP = Annotated[str, AfterValidator(_ip)]
 IpOrNetwork = Annotated[str, AfterValidator(_ip_or_network)]
 IfNameMaybeNegated = Annotated[str, AfterValidator(_ifname_maybe_negated)]
 SysctlKey = Annotated[str, AfterValidator(_sysctl_key)]
-Fwmark = Annotated[int | str, AfterValidator(_fwmark)]
-Table = Annotated[int | str, AfterValidator(_table)]
-Scope = Annotated[int | str, AfterValidator(_scope)]
+StrictInt = Annotated[int, Field(strict=True)]   # `true` is not 1
+Fwmark = Annotated[StrictInt | str, AfterValidator(_fwmark)]
+Table = Annotated[StrictInt | str, AfterValidator(_table)]
+Scope = Annotated[StrictInt | str, AfterValidator(_scope)]
 Endpoint = Annotated[str, AfterValidator(_endpoint)]
 Link = Annotated[tuple[Endpoint, Endpoint], BeforeValidator(_link)]
 # Numbers are strict: YAML gives real integers, and lax mode would read `mtu: true`
