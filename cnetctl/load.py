@@ -281,6 +281,9 @@ def read_manifest_text(file: str) -> str:
             raise fail(f"file is {size} bytes; manifests are limited to {MAX_MANIFEST_BYTES} bytes")
         with open(file, "rb") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:  # a device or pipe reports no size: /dev/zero, <(yes)
+            raise fail(f"more than {MAX_MANIFEST_BYTES} bytes; manifests are limited to {MAX_MANIFEST_BYTES} "
+                       "bytes")
     except FileNotFoundError:
         raise fail("no such file") from None
     except PermissionError:
