@@ -24,8 +24,10 @@ class Problem:
     line: int | None = None
 
     def render(self, file: str) -> str:
+        """FILE:LINE: path: message, always one line (characters that would break it are escaped)."""
         where = f"{file}:{self.line}" if self.line else file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TopologyError(CnetctlError):

@@ -83,6 +83,15 @@ def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+def _mixed_families(named: dict[str, str | None]) -> str | None:
+    """'to fd00::/64 is IPv6, via 10.0.0.1 is IPv4' when the values mix families, else None."""
+    given = {k: v for k, v in named.items() if v}
+    if len({_family(v) for v in given.values()}) < 2:
+        return None
+    parts = [f"{k} {v} is {'IPv6' if _family(v) == socket.AF_INET6 else 'IPv4'}" for k, v in given.items()]
+    return "mixes IPv4 and IPv6: " + ", ".join(parts)
+
+
 def _as_cidr(addr: str) -> str:
     return str(ipaddress.ip_network(addr, strict=False))
 
@@ -123,13 +132,15 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
     # --- links ----------------------------------------------------------------------------
     # A link end naming a bridge of its node plugs a generated veth into that bridge
     # (any number of links may); any other end is a veth of that name, used once.
-    used: set[Endpoint] = set()
+    used: dict[Endpoint, int] = {}     # end -> index of the link that uses it
+    mentioned: set[Endpoint] = set()   # every end named by a link, even one rejected below
     pairs: list[tuple[_End, _End]] = []
     for i, (a, b) in enumerate(topo.links):
         ok = True
         parsed = []
         for j, end in enumerate((a, b)):
             node, ifname = end.split(":", 1)
+            mentioned.add((node, ifname))
             path: tuple[PathPart, ...] = ("links", i, j)
             if node not in topo.nodes:
                 err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
@@ -138,7 +149,8 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
                 err.add(path, "'lo' cannot be a link end")
                 ok = False
             elif ifname not in topo.nodes[node].bridges and (node, ifname) in used:
-                err.add(path, f"link end {end} is already used by another link")
+                err.add(path, f"link end {end} is already used by links[{used[(node, ifname)]}] (a veth end "
+                              "belongs to one link; plug several links into a bridge instead)")
                 ok = False
             parsed.append((node, ifname))
         if a == b:
@@ -151,7 +163,7 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
             if ifname in topo.nodes[node].bridges:
                 resolved.append(_End(node, generated_ifname(name, node, f"{ifname}/{pnode}/{pif}"), ifname, ifname))
             else:
-                used.add((node, ifname))
+                used[(node, ifname)] = i
                 resolved.append(_End(node, ifname, ifname, None))
         pairs.append((resolved[0], resolved[1]))
 
@@ -177,6 +189,8 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
         for ifname, ispec in spec.interfaces.items():
             if (node, ifname) in used or ifname == "lo" or ifname in spec.bridges:
                 continue
+            if (node, ifname) in mentioned:
+                continue  # its link was rejected above: that error is the one to fix
             if node == HOST:
                 # An existing host device: configured, never created or deleted.
                 resources.append(Link(None, ifname, "device", mtu=ispec.mtu, up=None, master=None))
@@ -247,7 +261,8 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
             fam_sources = [x for x in ((None if r.to == "default" else r.to), r.via, r.src) if x]
             fams = {_family(x) for x in fam_sources}
             if len(fams) > 1:
-                err.add(path, "mixes IPv4 and IPv6 addresses")
+                err.add(path, _mixed_families({"to": None if r.to == "default" else r.to, "via": r.via,
+                                               "src": r.src}) or "mixes IPv4 and IPv6 addresses")
                 continue
             family = fams.pop() if fams else socket.AF_INET
             dst = r.to if r.to != "default" else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
@@ -289,7 +304,7 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
                 continue
             fams = {_family(x) for x in (rl.from_, rl.to) if x}
             if len(fams) > 1:
-                err.add(path, "mixes IPv4 and IPv6 selectors")
+                err.add(path, _mixed_families({"from": rl.from_, "to": rl.to}) or "mixes IPv4 and IPv6 selectors")
                 continue
             family = fams.pop() if fams else socket.AF_INET
             if rl.priority is not None:
@@ -344,10 +359,18 @@ def resolve_target(state: DesiredState, target: str) -> str | None:
 def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
     def node_ref(path: tuple[PathPart, ...], node: str) -> None:
         if node not in topo.nodes:
-            err.add(path, f"unknown node {node!r}")
+            err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
 
     def target_ref(path: tuple[PathPart, ...], target: str) -> None:
-        if resolve_target(state, target) is None:
+        if resolve_target(state, target) is not None:
+            return
+        node, _, ifname = target.partition(":")
+        if node in topo.nodes and (node, ifname) in state.interfaces:
+            err.add(path, f"{target} has no address to aim at: give it one under "
+                          f"nodes.{node}.interfaces.{ifname}.addresses, or write an IP address")
+        elif node in topo.nodes:
+            err.add(path, f"node {node!r} has no interface {ifname!r}")
+        else:
             err.add(path, f"{target!r} is neither an IP address nor NODE:IFNAME of an interface with an address")
 
     for k, check in enumerate(topo.checks):
@@ -359,7 +382,7 @@ def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
         if check.kind == "route":
             node_ref((*base, "node"), spec.node)
             if spec.expect.table is not None and resolve_table(topo, spec.expect.table) is None:
-                err.add((*base, "expect", "table"), f"unknown table {spec.expect.table!r}")
+                err.add((*base, "expect", "table"), f"unknown table {spec.expect.table!r} (define it under tables:)")
         if check.kind == "mesh" and spec.nodes != "all":
             for j, n in enumerate(spec.nodes):
                 node_ref((*base, "nodes", j), n)
@@ -381,9 +404,10 @@ def _nat_specs(node: str, rules: list[NatRule], err: _Collector) -> list[NatSpec
             assert d is not None
             spec = NatSpec("dnat", destination=d.destination, in_interface=d.in_interface, protocol=d.protocol,
                            port=d.port, to=d.to)
-        fams = {_family(a) for a in (spec.source, spec.to_source, spec.destination, spec.to_addr) if a}
-        if len(fams) > 1:
-            err.add(path, "mixes IPv4 and IPv6 addresses")
+        mixed = _mixed_families({"source": spec.source, "to_source": spec.to_source,
+                                 "destination": spec.destination, "to": spec.to_addr})
+        if mixed:
+            err.add(path, mixed)
             continue
         if spec in out:
             err.add(path, "duplicates an earlier NAT rule of this node")

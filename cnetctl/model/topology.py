@@ -10,12 +10,24 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
 TOPOLOGY_NAME_RE = r"^[a-z][a-z0-9-]{0,15}$"
 NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 NETNS_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+TABLE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+# What a name pattern means, for error messages: pattern -> (what, max length, rule).
+PATTERN_HELP = {
+    TOPOLOGY_NAME_RE: ("topology name", 16, "1-16 characters: lowercase letters, digits and '-', "
+                                            "starting with a letter"),
+    NODE_NAME_RE: ("node name", 32, "1-32 characters: letters, digits, '_' and '-', starting with a letter "
+                                    "or digit"),
+    NETNS_NAME_RE: ("netns name", 64, "1-64 characters: letters, digits, '_', '.' and '-', starting with a "
+                                      "letter, digit or '_'"),
+    TABLE_NAME_RE: ("table name", 64, "1-64 characters: letters, digits, '_' and '-', starting with a letter "
+                                      "or '_'"),
+}
 ENDPOINT_RE = re.compile(r"^(?P<node>[A-Za-z0-9][A-Za-z0-9_-]{0,31}):(?P<ifname>[^/:\s]{1,15})$")
 
 U32_MAX = 2**32 - 1
@@ -64,6 +76,8 @@ def _ip(v: str) -> str:
     try:
         return str(ipaddress.ip_address(v))
     except ValueError:
+        if "/" in v:
+            raise ValueError(f"invalid IP address {v!r}: give a single address, without /PREFIX") from None
         raise ValueError(f"invalid IP address {v!r}") from None
 
 
@@ -72,7 +86,11 @@ def _ip_or_network(v: str) -> str:
 
 
 def _ifname_maybe_negated(v: str) -> str:
-    _ifname(v[1:] if v.startswith("!") else v)
+    try:
+        _ifname(v[1:] if v.startswith("!") else v)
+    except ValueError:
+        raise ValueError(f"invalid interface name {v!r}: IFNAME or !IFNAME, 1-15 bytes, no '/', ':' or "
+                         "whitespace") from None
     return v
 
 
@@ -110,7 +128,7 @@ def _table(v: int | str) -> int | str:
         return v
     if v.isdigit():
         return _table(int(v))
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", v):
+    if not re.match(TABLE_NAME_RE, v):
         raise ValueError(f"invalid table name {v!r}")
     return v
 
@@ -121,6 +139,15 @@ def _scope(v: int | str) -> int | str:
     if isinstance(v, str) and v in SCOPES:
         return v
     raise ValueError(f"invalid scope {v!r}: one of {', '.join(SCOPES)} or 0..255")
+
+
+def _link(v: Any) -> Any:
+    """A link is a pair of ends; say so instead of pydantic's tuple wording."""
+    if isinstance(v, list | tuple) and len(v) != 2:
+        raise ValueError(f"a link has exactly 2 ends, [NODE:IFNAME, NODE:IFNAME]; got {len(v)}")
+    if not isinstance(v, list | tuple):
+        raise ValueError("a link is a list of 2 ends, e.g. [ns1:eth0, host:br0]")
+    return v
 
 
 def _endpoint(v: str) -> str:
@@ -137,23 +164,35 @@ IP = Annotated[str, AfterValidator(_ip)]
 IpOrNetwork = Annotated[str, AfterValidator(_ip_or_network)]
 IfNameMaybeNegated = Annotated[str, AfterValidator(_ifname_maybe_negated)]
 SysctlKey = Annotated[str, AfterValidator(_sysctl_key)]
-Fwmark = Annotated[int | str, AfterValidator(_fwmark)]
-Table = Annotated[int | str, AfterValidator(_table)]
-Scope = Annotated[int | str, AfterValidator(_scope)]
+StrictInt = Annotated[int, Field(strict=True)]   # `true` is not 1
+Fwmark = Annotated[StrictInt | str, AfterValidator(_fwmark)]
+Table = Annotated[StrictInt | str, AfterValidator(_table)]
+Scope = Annotated[StrictInt | str, AfterValidator(_scope)]
 Endpoint = Annotated[str, AfterValidator(_endpoint)]
-Mtu = Annotated[int, Field(ge=68, le=65535)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
+Link = Annotated[tuple[Endpoint, Endpoint], BeforeValidator(_link)]
+# Numbers are strict: YAML gives real integers, and lax mode would read `mtu: true`
+# as 1 or `metric: "10"` as 10 without a word.
+Mtu = Annotated[int, Field(strict=True, ge=68, le=65535)]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+U32 = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
+U32NonZero = Annotated[int, Field(strict=True, ge=1, le=U32_MAX)]
+
+
+def _timeout(default: float) -> Any:
+    return Field(default, strict=True, gt=0, le=60)
+
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No populate_by_name: the manifest spells fields by alias only (`from`, never `from_`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _exactly_one(model: BaseModel, kinds: tuple[str, ...], what: str) -> None:
     given = [k for k in kinds if getattr(model, k) is not None]
     if len(given) != 1:
-        raise ValueError(f"{what} needs exactly one of: {', '.join(kinds)}")
+        got = f"got {' and '.join(given)}" if given else "got none"
+        raise ValueError(f"{what} needs exactly one of: {', '.join(kinds)} ({got})")
 
 
 class Settings(Strict):
@@ -201,7 +240,7 @@ class RuleSpec(Strict):
     iif: IfName | None = None
     oif: IfName | None = None
     fwmark: Fwmark | None = None
-    priority: Annotated[int, Field(ge=1, le=U32_MAX)] | None = None
+    priority: U32NonZero | None = None
     table: Table
 
 
@@ -218,11 +257,12 @@ class Snat(Strict):
 
 def _dnat_to(v: str) -> str:
     host, sep, port = v.rpartition(":") if v.count(":") == 1 or v.startswith("[") else ("", "", "")
-    if not sep:
-        return _ip(v)
-    host = host.strip("[]")
-    _ip(host)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    try:
+        _ip(host.strip("[]") if sep else v)
+    except ValueError:
+        raise ValueError(f"invalid dnat target {v!r}: expected IP or IP:PORT, e.g. 10.0.0.2, 10.0.0.2:8080 "
+                         "or [fd00::2]:8080") from None
+    if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
         raise ValueError(f"invalid port in {v!r}: 1..65535")
     return v
 
@@ -268,8 +308,8 @@ class Node(Strict):
 class PingCheck(Strict):
     from_: str = Field(alias="from")
     to: str
-    count: Annotated[int, Field(ge=1, le=100)] = 1
-    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    count: Annotated[int, Field(strict=True, ge=1, le=100)] = 1
+    timeout: float = _timeout(1.0)
     expect: Literal["reachable", "unreachable"] = "reachable"
 
 
@@ -294,21 +334,24 @@ class RouteCheck(Strict):
 class MeshCheck(Strict):
     nodes: Literal["all"] | list[str] = "all"
     family: Literal["ipv4", "ipv6", "both"] = "both"
-    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    timeout: float = _timeout(1.0)
+
+
+def _preserved_or_ip(v: str) -> str:
+    if v == "preserved":
+        return v
+    try:
+        return _ip(v)
+    except ValueError:
+        raise ValueError(f"expect is 'preserved' or the source IP the server should see, got {v!r}") from None
 
 
 class SourceCheck(Strict):
     from_: str = Field(alias="from")
     to: str
     port: Port = 7777
-    expect: str = "preserved"
-    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
-
-    @model_validator(mode="after")
-    def _expect(self) -> SourceCheck:
-        if self.expect != "preserved":
-            _ip(self.expect)
-        return self
+    expect: Annotated[str, AfterValidator(_preserved_or_ip)] = "preserved"
+    timeout: float = _timeout(2.0)
 
 
 class TcpServe(Strict):
@@ -321,7 +364,7 @@ class TcpCheck(Strict):
     to: str
     port: Port
     serve: TcpServe
-    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    timeout: float = _timeout(2.0)
 
 
 CHECK_KINDS = ("ping", "route", "mesh", "source", "tcp")
@@ -352,8 +395,8 @@ class Topology(Strict):
     apiVersion: Literal["cnetctl/v1"]
     name: Annotated[str, Field(pattern=TOPOLOGY_NAME_RE)]
     settings: Settings = Settings()
-    tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")],
-                 Annotated[int, Field(ge=1, le=U32_MAX)]] = {}
+    tables: dict[Annotated[str, Field(pattern=TABLE_NAME_RE)],
+                 U32NonZero] = {}
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME_RE)], Node]
-    links: list[tuple[Endpoint, Endpoint]] = []
+    links: list[Link] = []
     checks: list[Check] = []
