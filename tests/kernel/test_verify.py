@@ -115,7 +115,7 @@ def test_deleted_route_fails_the_route_check_with_the_kernels_answer(clean_world
     assert rc == 1
     (route,) = by_kind(report, "route")
     assert not route["ok"]
-    assert route["actual"] == {"ok": False, "error": "no route (ENETUNREACH)"}
+    assert route["actual"] == {"ok": False, "type": "none", "error": "no route (ENETUNREACH)"}
     assert "expected via 10.88.0.1, got None" in route["detail"]
 
 

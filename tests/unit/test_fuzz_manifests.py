@@ -139,7 +139,7 @@ def assert_located(err: TopologyError, path: str, text: str = "") -> None:
     lines = str(err).splitlines()
     assert lines, "a TopologyError with no problems"
     assert len(lines) == len(err.problems)
-    for problem, line in zip(err.problems, lines):
+    for problem, line in zip(err.problems, lines, strict=True):
         if problem.path:
             assert problem.line is not None, f"no line for {line!r}"
             assert re.match(rf"^{re.escape(path)}:\d+: \S.*$", line), line
