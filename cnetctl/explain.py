@@ -724,6 +724,11 @@ def decide_v6(snap: Snapshot, flow: Flow, notes: list[str]) -> tuple[Lookup, Ans
     assert route is not None
     if route.type == "local":
         return lookup, Answer(type="local", table=lookup.table, dev=LOOPBACK), "a local address of this node"
+    if route.type == "anycast":
+        # With IPv6 forwarding on, the kernel owns each prefix's subnet-router anycast
+        # address (the all-zero host part): local delivery, reported on lo.
+        return lookup, Answer(type="anycast", table=lookup.table, dev=LOOPBACK), \
+            "a subnet-router anycast address of this node (IPv6 forwarding is on)"
     return lookup, _route_answer(lookup), f"{route.type} route"
 
 
@@ -765,7 +770,7 @@ def explain_snapshot(snap: Snapshot, flow: Flow, *, topology: str = "", node: st
         if answer.error == errno.EHOSTUNREACH and not local and "forwarding" in why:
             verdict = "dropped: forwarding off"
         reason = why
-    elif answer.type == "local":
+    elif answer.type in ("local", "anycast"):
         verdict, reason = "delivered locally", why
     elif answer.type in ("broadcast", "multicast"):
         verdict, reason = answer.type, why

@@ -341,3 +341,25 @@ def test_explain_usage_errors(prt):
     assert cnetctl("explain", "nosuch", "r1", "--to", "10.0.0.1").returncode == 2
     assert cnetctl("explain", "prt", "r1", "--to", "not-an-ip").returncode == 2
     assert cnetctl("explain", "prt", "r1", "--to", "10.0.0.1", "--fwmark", "zz").returncode == 2
+
+
+@pytest.mark.parametrize("manifest", sorted(p.name for p in MANIFESTS.glob("*.yaml")))
+def test_explain_agrees_with_the_kernel_on_every_manifest(manifest, clean_world):
+    """Every node of every example: random destinations, from each of the node's own addresses."""
+    path = str(MANIFESTS / manifest)
+    desired = api.validate(path)
+    res = cnetctl("apply", path, "--no-verify")
+    assert res.returncode == 0, res.stderr
+    rng = random.Random(manifest)
+    v4_nets = [n for n in desired.subnets() if ":" not in n]
+    dests = random_v4(rng, v4_nets, 24) + [n.split("/")[0] for n in desired.subnets() if ":" in n]
+    problems: list[str] = []
+    for node, ns in desired.nodes.items():
+        sources = [None] + [c.split("/")[0] for c in desired.node_addresses(node)][:2]
+        for dst in dests:
+            for src in sources:
+                if src is not None and (":" in src) != (":" in dst):
+                    continue
+                problems += check(desired.name, node, ns, dst, **({"src": src} if src else {}))
+    assert not problems, "\n".join(problems[:20])
+    assert cnetctl("destroy", "--name", desired.name).returncode == 0
