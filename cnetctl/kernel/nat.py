@@ -295,27 +295,34 @@ def _ipt_apply_child(topology: str, label: str, specs_text: list[str], delete: b
             return  # never instantiate a table just to find it empty
         table = _ipt_table(iptc, "nat", v6)
         for hook, builtin in HOOKS.items():
-            name = chain_name(topology, hook)
-            base = iptc.Chain(table, builtin)
-            for rule in list(base.rules):
-                if _ipt_comment(rule) == label:
-                    base.delete_rule(rule)
-            if table.is_chain(name):
-                iptc.Chain(table, name).flush()
-                iptc.Chain(table, name).delete()
-            if delete or not mine:
-                continue
-            chain = table.create_chain(name)
-            for spec in mine:
-                if hook in spec.hooks:
-                    chain.append_rule(_ipt_rule(iptc, spec, hook, comment_for(label, spec), v6))
-            jump = (iptc.Rule6 if v6 else iptc.Rule)()
-            jump.create_target(name)
-            comment = jump.create_match("comment")
-            comment.comment = label
-            base.insert_rule(jump)
+            rules = None if delete or not mine else \
+                [_ipt_rule(iptc, spec, hook, comment_for(label, spec), v6) for spec in mine if hook in spec.hooks]
+            _ipt_replace_owned_chain(iptc, table, builtin, chain_name(topology, hook), label, rules, v6)
         table.commit()
         table.close()
+
+
+def _ipt_replace_owned_chain(iptc: Any, table: Any, builtin: str, name: str, label: str,
+                             rules: list[Any] | None, v6: bool) -> None:
+    """Our chain `name` holding exactly `rules`, reached from `builtin` by one jump commented
+    `label`; with rules=None, neither chain nor jump. Staged in `table` until its commit."""
+    base = iptc.Chain(table, builtin)
+    for rule in list(base.rules):
+        if _ipt_comment(rule) == label:
+            base.delete_rule(rule)
+    if table.is_chain(name):
+        iptc.Chain(table, name).flush()
+        iptc.Chain(table, name).delete()
+    if rules is None:
+        return
+    chain = table.create_chain(name)
+    for rule in rules:
+        chain.append_rule(rule)
+    jump = (iptc.Rule6 if v6 else iptc.Rule)()
+    jump.create_target(name)
+    comment = jump.create_match("comment")
+    comment.comment = label
+    base.insert_rule(jump)
 
 
 def _ipt_read_child(topology: str, label: str, v6: bool) -> list[str] | None:
@@ -451,32 +458,18 @@ def forward_delete(ns: str | None, topology: str, label: str, where: str) -> Non
 
 def _ipt_forward_child(topology: str, label: str, subnets: list[str], v6: bool) -> None:
     iptc = _iptc()
-    mine = [s for s in subnets if (":" in s) == v6]
-    name = chain_name(topology, "FWD")
+    rules = []
+    for subnet in (s for s in subnets if (":" in s) == v6):
+        for attr in ("src", "dst"):
+            rule = (iptc.Rule6 if v6 else iptc.Rule)()
+            setattr(rule, attr, subnet)
+            m = rule.create_match("comment")
+            m.comment = _forward_comment(label, subnet)
+            rule.create_target("ACCEPT")
+            rules.append(rule)
     with _XtablesLock():
         table = _ipt_table(iptc, "filter", v6)
-        base = iptc.Chain(table, "FORWARD")
-        for rule in list(base.rules):
-            if _ipt_comment(rule) == label:
-                base.delete_rule(rule)
-        if table.is_chain(name):
-            iptc.Chain(table, name).flush()
-            iptc.Chain(table, name).delete()
-        if mine:
-            chain = table.create_chain(name)
-            for subnet in mine:
-                for attr in ("src", "dst"):
-                    rule = (iptc.Rule6 if v6 else iptc.Rule)()
-                    setattr(rule, attr, subnet)
-                    m = rule.create_match("comment")
-                    m.comment = _forward_comment(label, subnet)
-                    rule.create_target("ACCEPT")
-                    chain.append_rule(rule)
-            jump = (iptc.Rule6 if v6 else iptc.Rule)()
-            jump.create_target(name)
-            m = jump.create_match("comment")
-            m.comment = label
-            base.insert_rule(jump)
+        _ipt_replace_owned_chain(iptc, table, "FORWARD", chain_name(topology, "FWD"), label, rules or None, v6)
         table.commit()
         table.close()
 
