@@ -94,8 +94,8 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                     want = wanted.get(("link", ns, link.ifname))
                     if isinstance(want, Link) and want.owned:
                         owner = link.alias[len(LABEL_PREFIX):] if (link.alias or "").startswith(LABEL_PREFIX) else None
-                        who = f"topology {owner}" if owner else "a user's interface"
-                        cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and is {who}")
+                        who = f"is owned by topology {owner}" if owner else "is a user's interface, not cnetctl's"
+                        cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and {who}")
                 continue
             if ns is None and not is_mine:
                 kind = "lo" if link.ifname == "lo" else "device"

@@ -173,3 +173,58 @@ def test_shared_host_sysctl_is_restored_by_the_last_topology_only(firewall_ready
     assert cnetctl("verify", DOCKER).returncode == 0
     assert cnetctl("destroy", "--name", "docker").returncode == 0
     assert forward.read_text().strip() == "0"
+
+
+def test_conflicts_are_reported_at_plan_time_and_touch_nothing(clean_world, tmp_path):
+    # A user's bridge named like the declared one.
+    run("ip", "link", "add", "cbr0", "type", "bridge", check=True)
+    try:
+        before = world()
+        for cmd in ("plan", "apply"):
+            res = cnetctl(cmd, QUICK)
+            assert res.returncode == 2, res.stderr
+            assert "interface cbr0 in host exists and is a user's interface" in res.stderr
+        assert world() == before
+    finally:
+        run("ip", "link", "del", "cbr0")
+
+    # A user's route in the way of a declared host route.
+    doc = yaml.safe_load(Path(QUICK).read_text())
+    doc["nodes"]["host"]["routes"] = [{"to": "10.77.0.0/16", "via": "10.88.0.2"}]
+    with_route = tmp_path / "quickstart.yaml"
+    with_route.write_text(yaml.safe_dump(doc))
+    run("ip", "link", "add", "usr0", "type", "veth", "peer", "name", "usr1", check=True)
+    run("ip", "link", "set", "usr0", "up", check=True)
+    run("ip", "route", "add", "10.77.0.0/16", "dev", "usr0", check=True)
+    try:
+        before = world()
+        res = cnetctl("apply", str(with_route))
+        assert res.returncode == 2
+        assert "route 10.77.0.0/16" in res.stderr and "is not cnetctl's" in res.stderr
+        assert world() == before
+    finally:
+        run("ip", "link", "del", "usr0")
+
+
+def test_another_topologys_objects_are_never_adopted(clean_world, tmp_path):
+    assert cnetctl("apply", QUICK, "--no-verify").returncode == 0
+    doc = yaml.safe_load(Path(QUICK).read_text())
+    doc["name"] = "thief"
+    doc["nodes"]["web"]["netns"] = "quickstart-web"        # quickstart's namespace
+    doc["nodes"]["host"]["bridges"] = {"cbr0": {"addresses": ["10.89.0.1/24"]}}  # quickstart's bridge
+    for node, ip4 in (("web", "10.89.0.2/24"), ("db", "10.89.0.3/24")):
+        doc["nodes"][node]["interfaces"]["eth0"]["addresses"] = [ip4]
+        doc["nodes"][node]["routes"] = []
+    doc["checks"] = []
+    thief = tmp_path / "thief.yaml"
+    thief.write_text(yaml.safe_dump(doc))
+    before = world()
+    res = cnetctl("apply", str(thief))
+    assert res.returncode == 2
+    assert "netns quickstart-web exists and is owned by topology quickstart" in res.stderr
+    assert "interface cbr0 in host exists and is owned by topology quickstart" in res.stderr
+    assert world() == before
+    assert cnetctl("destroy", "--name", "thief").returncode == 0  # owns nothing: touches nothing
+    assert world() == before
+    assert cnetctl("verify", QUICK).returncode == 0
+    assert cnetctl("destroy", "--name", "quickstart").returncode == 0
