@@ -8,6 +8,8 @@ CNETCTL := $(VENV)/bin/cnetctl
 MANIFEST ?= manifests/quickstart.yaml
 APT_PACKAGES := iproute2 iputils-ping iptables nftables libnftables1 python3-venv util-linux
 
+STAMP   := $(VENV)/.installed
+
 .PHONY: demo test deps venv unit lint clean destroy-demo
 
 deps:
@@ -20,9 +22,13 @@ deps:
 $(PY):
 	python3 -m venv $(VENV)
 
-venv: $(PY)
+# Re-installs only when the project's dependencies change.
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
 
 demo: deps venv
 	$(CNETCTL) apply $(MANIFEST)
