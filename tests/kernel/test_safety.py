@@ -39,19 +39,24 @@ def plan_size(manifest: str, *extra: str) -> int:
     return int(json.loads(res.stdout)["changes"])
 
 
-@pytest.mark.parametrize("backend", ["nftables", "iptables"])
-def test_fault_at_every_operation_rolls_back_to_the_exact_world(backend, firewall_ready, clean_world):
+K8S = str(MANIFESTS / "k8s-pod-network.yaml")
+
+
+@pytest.mark.parametrize("manifest,backend", [(DOCKER, "nftables"), (DOCKER, "iptables"), (K8S, "nftables")],
+                         ids=["docker-nftables", "docker-iptables", "k8s"])
+def test_fault_at_every_operation_rolls_back_to_the_exact_world(manifest, backend, firewall_ready, clean_world):
     before = world()
-    steps = plan_size(DOCKER, "--nat-backend", backend)
+    name = yaml.safe_load(Path(manifest).read_text())["name"]
+    steps = plan_size(manifest, "--nat-backend", backend)
     assert steps >= 20
     for step in range(1, steps + 1):
-        res = cnetctl("apply", DOCKER, "--nat-backend", backend, env={"CNETCTL_FAULT_AT": str(step)})
+        res = cnetctl("apply", manifest, "--nat-backend", backend, env={"CNETCTL_FAULT_AT": str(step)})
         assert res.returncode == 3, (step, res.stdout, res.stderr)
         assert f"injected fault (CNETCTL_FAULT_AT={step})" in res.stderr
         assert world() == before, f"fault at step {step} left something behind"
     # Afterwards the topology still applies and destroys cleanly.
-    assert cnetctl("apply", DOCKER, "--nat-backend", backend).returncode == 0
-    assert cnetctl("destroy", "--name", "docker").returncode == 0
+    assert cnetctl("apply", manifest, "--nat-backend", backend).returncode == 0
+    assert cnetctl("destroy", "--name", name).returncode == 0
     assert world() == before
 
 
@@ -228,3 +233,39 @@ def test_another_topologys_objects_are_never_adopted(clean_world, tmp_path):
     assert world() == before
     assert cnetctl("verify", QUICK).returncode == 0
     assert cnetctl("destroy", "--name", "quickstart").returncode == 0
+
+
+def test_users_objects_with_similar_names_survive_apply_and_destroy(firewall_ready, clean_world):
+    """A user's netns, bridge, veth, route, rule, legacy chain and nft table, named like ours."""
+    setup = [
+        ("ip", "netns", "add", "docker-c1x"),
+        ("ip", "link", "add", "docker1", "type", "bridge"),
+        ("ip", "link", "add", "cnffffffffff", "type", "veth", "peer", "name", "cnuser1"),
+        ("ip", "link", "set", "cnffffffffff", "up"),
+        ("ip", "route", "add", "10.17.9.0/24", "dev", "cnffffffffff", "proto", "static"),
+        ("ip", "route", "add", "10.17.8.0/24", "dev", "cnffffffffff", "table", "200"),
+        ("ip", "rule", "add", "from", "10.17.0.0/24", "lookup", "200", "priority", "1000"),
+        ("iptables-legacy", "-t", "nat", "-N", "CNET-DOCKERX-POST"),
+        ("iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-s", "10.17.0.0/24", "-m", "comment",
+         "--comment", "cnetctl:dockerx", "-j", "CNET-DOCKERX-POST"),
+        ("nft", "add", "table", "inet", "cnetctl-dockerx"),
+        ("nft", "add", "table", "ip", "cnetctl-docker"),     # same name, other family: not ours
+    ]
+    for argv in setup:
+        run(*argv, check=True)
+    try:
+        before = world()
+        for backend in ("nftables", "iptables"):
+            res = cnetctl("apply", DOCKER, "--nat-backend", backend)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert cnetctl("destroy", "--name", "docker").returncode == 0
+            assert world() == before, backend
+    finally:
+        for argv in (("ip", "netns", "del", "docker-c1x"), ("ip", "link", "del", "docker1"),
+                     ("ip", "link", "del", "cnffffffffff"), ("ip", "rule", "del", "priority", "1000"),
+                     ("iptables-legacy", "-t", "nat", "-D", "POSTROUTING", "-s", "10.17.0.0/24", "-m", "comment",
+                      "--comment", "cnetctl:dockerx", "-j", "CNET-DOCKERX-POST"),
+                     ("iptables-legacy", "-t", "nat", "-X", "CNET-DOCKERX-POST"),
+                     ("nft", "delete", "table", "inet", "cnetctl-dockerx"),
+                     ("nft", "delete", "table", "ip", "cnetctl-docker")):
+            run(*argv)
