@@ -440,7 +440,7 @@ def fib_lookup(snap: Snapshot, flow: Flow) -> Lookup:
         if rule.action in (FR_ACT_BLACKHOLE, FR_ACT_UNREACHABLE, FR_ACT_PROHIBIT):
             kind = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
                     FR_ACT_PROHIBIT: "prohibit"}[rule.action]
-            err = TYPE_ERRNO[kind]
+            err: int | None = TYPE_ERRNO[kind]
             if snap.family == socket.AF_INET6 and kind == "unreachable":
                 err = errno.ENETUNREACH      # fib6_rule_action: FR_ACT_UNREACHABLE -> -ENETUNREACH
             steps.append(Step(rule, "matched", f"{kind} rule"))

@@ -196,7 +196,7 @@ def _duplicate_keys(yaml: YAML, text: str) -> list[Problem]:
         if isinstance(node, MappingNode):
             first: dict[tuple[str, str], int] = {}
             for key, value in node.value:
-                ident = (key.tag.value if hasattr(key.tag, "value") else str(key.tag), str(key.value)) \
+                ident = (getattr(key.tag, "value", None) or str(key.tag), str(key.value)) \
                     if isinstance(key, ScalarNode) else ("", str(id(key)))
                 sub = (*path, str(key.value) if isinstance(key, ScalarNode) else "?")
                 line = key.start_mark.line + 1
@@ -226,7 +226,7 @@ class _LocatingConstructor(RoundTripConstructor):
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, OverflowError) as err:
             if not hasattr(err, "cnetctl_line") and getattr(node, "start_mark", None) is not None:
-                err.cnetctl_line = node.start_mark.line + 1  # type: ignore[attr-defined]
+                err.cnetctl_line = node.start_mark.line + 1  # type: ignore[union-attr]
             raise
 
 

@@ -295,7 +295,7 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
             resources.append(route)
 
         seen_rules: dict[tuple[Any, ...], int] = {}
-        unprioritised = {socket.AF_INET: 0, socket.AF_INET6: 0}
+        unprioritised: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 0}
         for k, rl in enumerate(spec.rules):
             path = ("nodes", node, "rules", k)
             table = resolve_table(topo, rl.table)

@@ -71,10 +71,11 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
     declared_devices = {r.ifname for r in wanted.values() if isinstance(r, Link) and r.ns is None
                         and r.kind in ("device", "lo")}
     if desired:
-        for ns in (r.name for r in wanted.values() if isinstance(r, Netns)):
-            if ns in owners and owners[ns] != name:
-                who = f"topology {owners[ns]}" if owners[ns] else "nobody known to cnetctl (a user's namespace)"
-                cur.conflicts.append(f"netns {ns} exists and is owned by {who}")
+        for wanted_ns in (r.name for r in wanted.values() if isinstance(r, Netns)):
+            if wanted_ns in owners and owners[wanted_ns] != name:
+                who = f"topology {owners[wanted_ns]}" if owners[wanted_ns] else \
+                    "nobody known to cnetctl (a user's namespace)"
+                cur.conflicts.append(f"netns {wanted_ns} exists and is owned by {who}")
 
     host_records = state.host_records()
     host_keys = {r.key for r in host_records}
@@ -93,7 +94,8 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                 if desired:
                     want = wanted.get(("link", ns, link.ifname))
                     if isinstance(want, Link) and want.owned:
-                        owner = link.alias[len(LABEL_PREFIX):] if (link.alias or "").startswith(LABEL_PREFIX) else None
+                        alias = link.alias or ""
+                        owner = alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
                         who = f"is owned by topology {owner}" if owner else "is a user's interface, not cnetctl's"
                         cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and {who}")
                 continue

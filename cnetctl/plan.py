@@ -120,14 +120,13 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
                     gone.add(d.key)
                     changed = True
 
-    deleted_netns = {cur[k].name for k in gone if isinstance(cur[k], Netns)}  # type: ignore[attr-defined]
-    deleted_bridges = {(cur[k].ns, cur[k].ifname) for k in gone
-                       if isinstance(cur[k], Link) and cur[k].kind == "bridge"}  # type: ignore[attr-defined]
+    gone_records = [cur[k] for k in gone]
+    deleted_netns = {r.ns for r in gone_records if isinstance(r, Netns)}
+    deleted_bridges = {(r.ns, r.ifname) for r in gone_records if isinstance(r, Link) and r.kind == "bridge"}
 
     actions: list[Action] = []
     deletes = []
-    for k in gone:
-        r = cur[k]
+    for r in gone_records:
         if collapse_netns and any(_lives_in(r, ns) for ns in deleted_netns):
             continue
         deletes.append(r)

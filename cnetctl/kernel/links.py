@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -70,7 +71,7 @@ def create_veth(ipr: IPRoute, ifname: str, peer_ifname: str, peer_netns_path: st
 
 
 def configure_link(ipr: IPRoute, ifname: str, *, alias: str | None = None, mtu: int | None = None,
-                   master: str | None | bool = False, up: bool | None = None) -> None:
+                   master: str | None | Literal[False] = False, up: bool | None = None) -> None:
     """Set what is given; master=False leaves the master alone, None detaches."""
     index = get_index(ipr, ifname)
     attrs: dict[str, object] = {}

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -67,7 +67,7 @@ def run_in_netns(ns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any
     thread.join()
     if "error" in out:
         raise out["error"]
-    return out["result"]
+    return cast(T, out["result"])
 
 
 def netns_socket(ns: str | None, family: int, type_: int, proto: int = 0) -> socket.socket:

@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .netns import netns_socket
@@ -61,7 +62,7 @@ class Echo:
 class PingHandle:
     """The outcome of one `Prober.submit()`: `result()` waits for it (never longer than its timeout)."""
 
-    def __init__(self, prober: Prober, keys: list[tuple[object, ...]], echoes: list[Echo], timeout: float):
+    def __init__(self, prober: Prober, keys: Sequence[tuple[object, ...]], echoes: list[Echo], timeout: float):
         self._prober, self._keys, self.echoes, self.timeout = prober, keys, echoes, timeout
 
     def wait(self) -> None:
@@ -197,8 +198,9 @@ class Prober:
                 sock.sendto(self._packet(v6, ident, seq), (str(addr), 0))
             except OSError as err:
                 # No route, unreachable, prohibited, blackholed: nothing can come back.
+                name = errno.errorcode.get(err.errno or 0)
                 echo.error = f"send failed: {os.strerror(err.errno) if err.errno else err}" + \
-                    (f" ({errno.errorcode[err.errno]})" if err.errno in errno.errorcode else "")
+                    (f" ({name})" if name else "")
                 echo.done.set()
         return PingHandle(self, keys, echoes, timeout)
 
@@ -215,7 +217,7 @@ class Prober:
         csum = 0 if v6 else _checksum(header + body)
         return struct.pack("!BBHHH", req_type, 0, csum, ident, seq) + body
 
-    def _forget(self, keys: list[tuple[object, ...]]) -> None:
+    def _forget(self, keys: Sequence[tuple[object, ...]]) -> None:
         with self._lock:
             for key in keys:
                 self._pending.pop(key, None)

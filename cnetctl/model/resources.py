@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 Key = tuple[Any, ...]
 
@@ -26,7 +26,8 @@ class Resource:
     def key(self) -> Key:
         raise NotImplementedError
 
-    ns: ClassVar[str | None]  # every record has one: a dataclass field, or Netns' property
+    if TYPE_CHECKING:
+        ns: str | None  # every record's namespace: a dataclass field of each subclass
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -60,18 +61,18 @@ def where(ns: str | None) -> str:
 class Netns(Resource):
     KIND: ClassVar[str] = "netns"
     ORDER: ClassVar[int] = 0
-    name: str
+    ns: str   # the namespace's own name
 
     @property
-    def ns(self) -> str | None:
-        return self.name
+    def name(self) -> str:
+        return self.ns
 
     @property
     def key(self) -> Key:
-        return ("netns", self.name)
+        return ("netns", self.ns)
 
     def describe(self) -> str:
-        return f"netns {self.name}"
+        return f"netns {self.ns}"
 
 
 @dataclass(frozen=True)
