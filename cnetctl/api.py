@@ -14,9 +14,10 @@ from .apply import execute, interrupted_run
 from .errors import ConflictError, KernelError, PermissionError_, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
+from .kernel.nat import require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
-from .model.resources import ForwardAccept, Link, Netns, Resource
+from .model.resources import ForwardAccept, Link, Nat, Netns, Resource
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
@@ -55,6 +56,8 @@ class ApplyResult:
 def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -> CurrentState:
     """What is live, with the desired state completed by what only the kernel can tell:
     where another tool's FORWARD policy DROP lives (settings.forward: accept goes there)."""
+    for backend in {r.backend for r in desired.resources if isinstance(r, Nat)}:
+        require_backend(backend)
     current = observe(name, state, sockets, desired)
     desired.resources = [r for r in desired.resources if not isinstance(r, ForwardAccept)]
     desired.warnings = []

@@ -15,6 +15,7 @@ is how cnetctl knows which rules are live, in either backend.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import pickle
@@ -45,22 +46,31 @@ def detect_backend() -> str:
     return "nftables" if nft_available() else "iptables"
 
 
+@functools.cache
 def nft_available() -> bool:
     try:
-        import nftables  # noqa: F401
-    except (ImportError, OSError):
+        _nft()  # the binding imports without libnftables.so.1; making a context needs it
+    except KernelError:
         return False
     return True
+
+
+def require_backend(backend: str) -> None:
+    """Fail before any change when a NAT backend's library is missing, saying what to install."""
+    try:
+        _nft() if backend == "nftables" else _iptc()
+    except KernelError as err:
+        raise KernelError(f"{err}; nothing was changed") from None
 
 
 # --- nftables ----------------------------------------------------------------------------------------
 def _nft() -> Any:
     try:
         import nftables
+        nft = nftables.Nftables()
     except (ImportError, OSError) as err:
         raise KernelError("the nftables backend needs libnftables and its Python binding: "
                           "apt-get install libnftables1 (and pip install pip-nftables, or python3-nftables)") from err
-    nft = nftables.Nftables()
     nft.set_json_output(True)
     nft.set_handle_output(True)
     return nft

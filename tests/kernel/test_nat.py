@@ -204,3 +204,25 @@ def test_tcp_and_source_checks_fail_without_the_nat_rules(backend, clean_world, 
     assert checks["source:c2:eth0"]["ok"]  # bridged traffic never needed NAT
     assert cnetctl("apply", DOCKER, "--nat-backend", backend).returncode == 0  # repaired, checks pass
     assert cnetctl("destroy", "--name", "docker").returncode == 0
+
+
+def test_auto_follows_the_hosts_iptables_flavour(tmp_path):
+    """`auto` reads where the host's `iptables` points: legacy -> iptables backend, nft -> nftables."""
+    for target, backend in (("xtables-legacy-multi", "iptables"), ("xtables-nft-multi", "nftables")):
+        shim = tmp_path / backend
+        shim.mkdir()
+        (shim / "iptables").symlink_to(f"/usr/sbin/{target}")
+        res = cnetctl("plan", DOCKER, "-o", "json", env={"PATH": f"{shim}:/usr/sbin:/usr/bin:/sbin:/bin"})
+        assert res.returncode == 0, res.stderr
+        nat = [a["resource"] for a in json.loads(res.stdout)["actions"] if a["resource"]["kind"] == "nat"]
+        assert [n["backend"] for n in nat] == [backend]
+
+
+def test_missing_nftables_library_is_named_before_any_change(tmp_path, clean_world):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "nftables.py").write_text("raise ImportError('libnftables.so.1: cannot open shared object file')\n")
+    res = cnetctl("apply", DOCKER, "--nat-backend", "nftables", env={"PYTHONPATH": str(shim)})
+    assert res.returncode == 3
+    assert "apt-get install libnftables1" in res.stderr and "nothing was changed" in res.stderr
+    assert "docker-c1" not in run("ip", "netns", "list").stdout
