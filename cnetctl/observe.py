@@ -87,6 +87,9 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
         by_index = {link.index: link for link in live}
         names = {link.index: link.ifname for link in live}
         mine = {link.index for link in live if link.alias == label}
+        addresses_by_index: dict[int, list[str]] = {}
+        for index, cidr in dump_addresses(ipr):
+            addresses_by_index.setdefault(index, []).append(cidr)
         for link in live:
             is_mine = link.index in mine
             kind = klinks_kind(link)
@@ -103,9 +106,7 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                 kind = "lo" if link.ifname == "lo" else "device"
             master = by_index[link.master].ifname if link.master in by_index else None
             cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up))
-            for index, cidr in dump_addresses(ipr):
-                if index != link.index:
-                    continue
+            for cidr in addresses_by_index.get(link.index, []):
                 ip = ipaddress.ip_interface(cidr)
                 if ip.version == 6 and ip.is_link_local:
                     continue
@@ -146,10 +147,11 @@ def _observe_nat(cur: CurrentState, name: str, label: str, ns: str | None, with_
         specs = read(ns, name, label)
         if specs is not None:
             cur.resources.append(Nat(ns, backend, tuple(s.text() for s in knat.canonical_order(specs))))
-    for where, subnets in knat.forward_read(ns, name, label).items():
+    nft_items = (knat.nft_list(ns, {"ruleset": None}) or []) if knat.nft_available() else []
+    for where, subnets in knat.forward_read(ns, name, label, nft_items).items():
         cur.resources.append(ForwardAccept(ns, where, subnets))
     if with_drops:
-        cur.forward_drops[ns] = knat.forward_drop_chains(ns, name)
+        cur.forward_drops[ns] = knat.forward_drop_chains(ns, name, nft_items)
 
 
 def klinks_kind(link: klinks.LiveLink) -> str:

@@ -392,10 +392,9 @@ BACKENDS: dict[str, tuple[Callable[..., None], Callable[..., None], Callable[...
 # rescue a forwarded packet: the owned, commented ACCEPT rules go into the chain
 # that drops (the DOCKER-USER idea), and leave with destroy.
 
-def _nft_forward_drop_chains(ns: str | None, topology: str) -> list[str]:
-    items = nft_list(ns, {"ruleset": None}) or []
+def _nft_forward_drop_chains(nft_items: list[dict[str, Any]], topology: str) -> list[str]:
     out = []
-    for item in items:
+    for item in nft_items:
         chain = item.get("chain")
         if chain and chain.get("hook") == "forward" and chain.get("policy") == "drop" \
                 and chain.get("table") != nft_table_name(topology):
@@ -411,9 +410,11 @@ def _ipt_forward_policy_child(v6: bool) -> str | None:
     return str(policy)
 
 
-def forward_drop_chains(ns: str | None, topology: str) -> list[str]:
-    """Every FORWARD base chain with policy DROP in `ns`, both families of firewall."""
-    out = _nft_forward_drop_chains(ns, topology) if nft_available() else []
+def forward_drop_chains(ns: str | None, topology: str, nft_items: list[dict[str, Any]]) -> list[str]:
+    """Every FORWARD base chain with policy DROP in `ns`, both families of firewall.
+
+    nft_items: `nft -j list ruleset` of `ns` (empty without libnftables), listed once by the caller."""
+    out = _nft_forward_drop_chains(nft_items, topology)
     for v6, where in ((False, "iptables:filter FORWARD"), (True, "ip6tables:filter FORWARD")):
         if "filter" in legacy_tables(ns, v6) and \
                 call_in_netns_child(ns, _ipt_forward_policy_child, v6) == "DROP":
@@ -504,20 +505,22 @@ def _ipt_forward_read_child(topology: str, label: str, v6: bool) -> list[str] | 
     return subnets
 
 
-def forward_read(ns: str | None, topology: str, label: str) -> dict[str, tuple[str, ...]]:
-    """Where this topology has forward-accept rules in `ns`, and for which subnets."""
+def forward_read(ns: str | None, topology: str, label: str,
+                 nft_items: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Where this topology has forward-accept rules in `ns`, and for which subnets (sorted).
+
+    nft_items: `nft -j list ruleset` of `ns`, as for forward_drop_chains."""
     out: dict[str, tuple[str, ...]] = {}
-    if nft_available():
-        for item in nft_list(ns, {"ruleset": None}) or []:
-            rule = item.get("rule")
-            if rule and str(rule.get("comment", "")).startswith(label + " forward "):
-                where = f"nft:{rule['family']} {rule['table']} {rule['chain']}"
-                subnet = str(rule["comment"]).split()[-1]
-                if subnet not in out.get(where, ()):
-                    out[where] = (*out.get(where, ()), subnet)
+    for item in nft_items:
+        rule = item.get("rule")
+        if rule and str(rule.get("comment", "")).startswith(label + " forward "):
+            where = f"nft:{rule['family']} {rule['table']} {rule['chain']}"
+            subnet = str(rule["comment"]).split()[-1]
+            if subnet not in out.get(where, ()):
+                out[where] = (*out.get(where, ()), subnet)
     for v6, where in ((False, "iptables:filter FORWARD"), (True, "ip6tables:filter FORWARD")):
         if "filter" in legacy_tables(ns, v6):
             found = call_in_netns_child(ns, _ipt_forward_read_child, topology, label, v6)
             if found is not None:
-                out[where] = tuple(sorted(found))
+                out[where] = tuple(found)
     return {w: tuple(sorted(s)) for w, s in out.items()}
