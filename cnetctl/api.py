@@ -47,6 +47,7 @@ def require_root() -> None:
 
 @dataclass
 class ApplyResult:
+    topology: str
     plan: Plan
     warnings: list[str] = field(default_factory=list)
     report: VerifyReport | None = None
@@ -93,7 +94,7 @@ def _raise_conflicts(current: CurrentState, name: str) -> None:
 
 
 def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
-          progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None,
+          progress: Progress | None = None, on_plan: Callable[[str, Plan, list[str]], None] | None = None,
           nat_backend: str | None = None) -> ApplyResult:
     desired = validate(file, nat_backend)
     require_root()
@@ -109,8 +110,8 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         _raise_conflicts(current, desired.name)
         the_plan = plan(desired.resources, current.resources)
         if on_plan:
-            on_plan(the_plan, desired.warnings)
-        result = ApplyResult(the_plan, list(desired.warnings))
+            on_plan(desired.name, the_plan, desired.warnings)
+        result = ApplyResult(desired.name, the_plan, list(desired.warnings))
         if not the_plan.empty:
             # Saved before the first change: a crash from here on leaves a file that
             # names the nodes (the labels name everything else).
@@ -132,20 +133,16 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         return result
 
 
-def _applied_backend(file: str, directory: str | None) -> str | None:
-    """verify checks NAT in the backend the last apply used (it may have come from --nat-backend)."""
-    topo, _ = load_topology(file)
-    return State.load(topo.name, state_dir(directory)).nat_backend
-
-
 def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
     return bool(observe(name, st, sockets).resources) or not st.empty
 
 
 def verify(file: str, directory: str | None = None, nat_backend: str | None = None) -> VerifyReport:
-    desired = validate(file, nat_backend or _applied_backend(file, directory))
+    topo, src = load_topology(file)
+    st = State.load(topo.name, state_dir(directory))
+    # NAT is checked in the backend the last apply used (it may have come from --nat-backend).
+    desired = normalize(topo, src, nat_backend or st.nat_backend)
     require_root()
-    st = State.load(desired.name, state_dir(directory))
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
         return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))

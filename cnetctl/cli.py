@@ -12,7 +12,7 @@ import typer
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
 from .plan import Action
-from .render import console, err_console, plan_json, print_json, print_plan, print_report, print_status
+from .render import STYLE, console, err_console, plan_json, print_json, print_plan, print_report, print_status
 
 app = typer.Typer(
     name="cnetctl",
@@ -39,6 +39,8 @@ class Opts:
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="text (tables) or json")]
 FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVersion cnetctl/v1)",
                                         show_default=False)]
+
+
 class Backend(enum.StrEnum):
     auto = "auto"
     nftables = "nftables"
@@ -85,8 +87,7 @@ def _progress(output: Output):  # type: ignore[no-untyped-def]
         return None
 
     def show(i: int, action: Action) -> None:
-        style = {"create": "green", "update": "yellow", "delete": "red"}[action.op]
-        console.print(f"[{style}]{action.describe()}[/]")
+        console.print(f"[{STYLE[action.op]}]{action.describe()}[/]")
     return show
 
 
@@ -129,9 +130,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     Creates what is missing, corrects what drifted, removes what the topology owns
     that the file no longer declares. On a kernel error everything this run did is
     rolled back (exit 3)."""
-    name = api.name_of(file)
 
-    def announce(p, warnings):  # type: ignore[no-untyped-def]
+    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text:
             if p.empty:
@@ -144,8 +144,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
                        progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend))
     if output is Output.json:
-        data = {"topology": name, "plan": plan_json(result.plan, name), "warnings": result.warnings,
-                "verify": result.report.to_json() if result.report else None}
+        data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
+                "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
         print_json(data)
     elif result.report:
         print_report(result.report)

@@ -149,9 +149,8 @@ class State:
             self.save()
 
     def forget_host(self, res: Resource) -> None:
-        data = res.to_json()
         kept = [r for r in self.host_resources if resource_from_json(r).key != res.key]
-        if len(kept) != len(self.host_resources) or data in self.host_resources:
+        if len(kept) != len(self.host_resources):
             self.host_resources = kept
             self.save()
 
