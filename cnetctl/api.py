@@ -22,10 +22,10 @@ from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
 from .state import State, TopologyLock, list_state_names, state_dir
-from .verify import VerifyReport, readback, run_checks
+from .verify import CheckResult, VerifyReport, readback, run_checks
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-Progress = Callable[[int, Action], None]
+Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
 
 
 def validate(file: str, nat_backend: str | None = None) -> DesiredState:
@@ -145,6 +145,10 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
     require_root()
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
+        if not st.exists and not current.resources:
+            return VerifyReport(desired.name, [CheckResult(
+                "readback", False, f"topology {desired.name} is not applied (nothing of it is live): "
+                f"run `cnetctl apply {file}` first", {"applied": False})])
         return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))
 
 

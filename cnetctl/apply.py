@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from .errors import KernelError
+from .errors import Interrupted, KernelError
 from .kernel import Kernel
+from .kernel.netns import signals_deferred
 from .plan import Action, Plan
 
 # Test hooks (like CNI's debugPostIPAMError): fail, or SIGKILL this process, right
@@ -72,49 +75,110 @@ def run_action(kernel: Kernel, action: Action) -> None:
         kernel.update(action.old, action.resource)
 
 
+Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), the action being run
+
+
 def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str | None = None,
-            progress: Callable[[int, Action], None] | None = None) -> list[Action]:
-    """Run every action; return the ones done. On KernelError, Ctrl-C or SIGTERM, undo them and re-raise."""
+            progress: Progress | None = None) -> list[Action]:
+    """Run every action; return the ones done. On a KernelError, Ctrl-C or SIGTERM, undo
+    them and raise an error that says so."""
     done: list[Action] = []
-    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
-    pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
     log = Journal(journal if plan.actions else None)
     try:
         for i, action in enumerate(plan.actions, 1):
             if progress:
-                progress(i, action)
+                progress("apply", action)
             log.write({"start": i, "op": action.op, "text": action.describe(), "resource": action.resource.to_json()})
-            if i == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if i == pause_at:
-                sys.stderr.write(f"cnetctl: paused before step {i}\n")
-                sys.stderr.flush()
-                time.sleep(60)
-            if i == fault_at:
-                raise InjectedFault(f"{action.op} {action.resource.describe()}: injected fault ({FAULT_ENV}={i})")
-            run_action(kernel, action)
-            done.append(action)
+            _test_hooks(i, action)
+            # A signal takes effect between two actions, never inside one: each action is
+            # either done (and counted, so undone) or not started.
+            with signals_deferred():
+                run_action(kernel, action)
+                done.append(action)
             log.write({"done": i})
     except BaseException as err:
-        if rollback and done:
-            log.write({"rollback": len(done)})
-            undo_errors = undo(kernel, done)
-            if undo_errors:
-                log.close(remove=False)
-                if isinstance(err, KernelError):
-                    raise KernelError(f"{err}; rollback also failed: {'; '.join(undo_errors)}") from err
-        log.close(remove=True)
-        raise
+        if not rollback:
+            log.close(remove=True)
+            stopped = _interrupted(err, "stopped part-way; run destroy again to finish")
+            if stopped is not None:
+                raise stopped from err
+            raise
+        log.write({"rollback": len(done)})
+        undo_errors = undo(kernel, done, progress)
+        log.close(remove=not undo_errors)
+        raise _rolled_back(err, len(done), undo_errors) from err
     log.close(remove=True)
     return done
 
 
-def undo(kernel: Kernel, done: list[Action]) -> list[str]:
+def _test_hooks(i: int, action: Action) -> None:
+    """Fault injection for the safety tests (like CNI's debugPostIPAMError): fail, SIGKILL
+    this process, or pause right before the i-th kernel operation (1-based)."""
+    if i == _env_int(KILL_ENV):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if i == _env_int(PAUSE_ENV):
+        sys.stderr.write(f"cnetctl: paused before step {i}\n")
+        sys.stderr.flush()
+        time.sleep(60)
+    if i == _env_int(FAULT_ENV):
+        raise InjectedFault(f"{action.op} {action.resource.describe()}: injected fault ({FAULT_ENV}={i})")
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _interrupted(err: BaseException, outcome: str) -> Interrupted | None:
+    if isinstance(err, KeyboardInterrupt):
+        return Interrupted(f"interrupted (Ctrl-C); {outcome}", 130)
+    if isinstance(err, SystemExit) and err.code == 143:
+        return Interrupted(f"terminated (SIGTERM); {outcome}", 143)
+    return None
+
+
+def _rolled_back(err: BaseException, count: int, undo_errors: list[str]) -> BaseException:
+    if undo_errors:
+        outcome = (f"rollback of the {count} changes made so far FAILED for {len(undo_errors)}: "
+                   f"{'; '.join(undo_errors)}; run apply again to converge, or destroy")
+    elif count:
+        outcome = f"rolled back: the {count} change(s) this run made were undone; the previous state stands"
+    else:
+        outcome = "nothing had been changed yet"
+    interrupted = _interrupted(err, outcome)
+    if interrupted:
+        return interrupted
+    if isinstance(err, KernelError):
+        return type(err)(f"{err}\n{outcome}")
+    return err
+
+
+def undo(kernel: Kernel, done: list[Action], progress: Progress | None = None) -> list[str]:
+    """Run the inverses of `done` in reverse. Ctrl-C and SIGTERM are ignored meanwhile:
+    a second Ctrl-C must not leave the rollback half-way."""
     errors = []
-    for action in reversed(done):
-        try:
-            run_action(kernel, action.inverse())
-        except KernelError as err:
-            errors.append(str(err))
+    with _signals_ignored():
+        for action in reversed(done):
+            inverse = action.inverse()
+            if progress:
+                progress("undo", inverse)
+            try:
+                run_action(kernel, inverse)
+            except KernelError as err:
+                errors.append(str(err))
     return errors
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

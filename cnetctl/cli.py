@@ -86,8 +86,10 @@ def _progress(output: Output):  # type: ignore[no-untyped-def]
     if output is Output.json:
         return None
 
-    def show(i: int, action: Action) -> None:
-        console.print(f"[{STYLE[action.op]}]{action.describe()}[/]")
+    def show(phase: str, action: Action) -> None:
+        # What a rollback undoes is said as such: a "+" printed earlier no longer exists.
+        prefix = "rollback: " if phase == "undo" else ""
+        console.print(f"[{STYLE[action.op]}]{prefix}{action.describe()}[/]", markup=True)
     return show
 
 
@@ -266,6 +268,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("cnetctl: interrupted", markup=False)
         sys.exit(130)
+    except SystemExit as ex:
+        if ex.code == 143:  # SIGTERM outside an apply's changes (which say what they undid)
+            err_console.print("cnetctl: terminated", markup=False)
+        raise
     except (typer.BadParameter, typer.Abort) as err:  # pragma: no cover - typer renders these itself
         err_console.print(f"cnetctl: {err}", markup=False)
         sys.exit(2)

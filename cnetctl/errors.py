@@ -59,6 +59,14 @@ class KernelError(CnetctlError):
     exit_code = 3
 
 
+class Interrupted(CnetctlError):
+    """Ctrl-C (130) or SIGTERM (143) stopped the run; the message says what was undone."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class PermissionError_(CnetctlError):
     """Not root / no CAP_NET_ADMIN: run with sudo."""
 

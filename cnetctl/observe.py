@@ -9,21 +9,24 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import owner_label
+from . import RTPROT_CNETCTL, owner_label
 from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
-from .kernel.netns import Sockets, list_netns
+from .kernel.netns import Sockets, is_stale_mountpoint, list_netns
 from .kernel.sysctl import read_sysctl
-from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Sysctl
+from .model.resources import Address, ForwardAccept, Key, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from .normalize import DesiredState
-from .state import State
+from .state import State, other_host_owners
 
 LABEL_PREFIX = "cnetctl:"
+RTPROT_KERNEL = 2      # routes the kernel adds for a configured address (connected subnets)
+MAIN_TABLE = 254
 LOOPBACK_DEFAULTS = {"127.0.0.1/8", "::1/128"}
 
 
@@ -60,75 +63,124 @@ def scan_owners(sockets: Sockets) -> dict[str, str | None]:
 
 
 def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | None = None) -> CurrentState:
-    label = owner_label(name)
     cur = CurrentState()
     owners = scan_owners(sockets)
     owned = [ns for ns, owner in owners.items() if owner == name]
     cur.owned_netns = owned
     cur.resources += [Netns(ns) for ns in owned]
-
     wanted = {r.key: r for r in desired.resources} if desired else {}
-    declared_devices = {r.ifname for r in wanted.values() if isinstance(r, Link) and r.ns is None
-                        and r.kind in ("device", "lo")}
     if desired:
-        for wanted_ns in (r.name for r in wanted.values() if isinstance(r, Netns)):
-            if wanted_ns in owners and owners[wanted_ns] != name:
-                who = f"topology {owners[wanted_ns]}" if owners[wanted_ns] else \
-                    "nobody known to cnetctl (a user's namespace)"
-                cur.conflicts.append(f"netns {wanted_ns} exists and is owned by {who}")
-
-    host_records = state.host_records()
-    host_keys = {r.key for r in host_records}
+        _netns_conflicts(cur, owners, wanted, name)
+    else:
+        # A run killed between creating a mount point and mounting the namespace leaves an
+        # empty file under the name of one of the topology's namespaces: destroy removes it.
+        cur.resources += [Netns(ns) for ns in sorted({ns for ns in state.nodes.values() if ns is not None})
+                          if ns in owners and is_stale_mountpoint(ns)]
+    scope = _Scope(name, state, wanted, desired is not None)
     live_links: dict[str | None, list[klinks.LiveLink]] = {}
     for ns in [None, *owned]:
-        ipr = sockets.get(ns)
-        live = klinks.dump_links(ipr)
-        live_links[ns] = live
-        by_index = {link.index: link for link in live}
-        names = {link.index: link.ifname for link in live}
-        mine = {link.index for link in live if link.alias == label}
-        addresses_by_index: dict[int, list[str]] = {}
-        for index, cidr in dump_addresses(ipr):
-            addresses_by_index.setdefault(index, []).append(cidr)
-        for link in live:
-            is_mine = link.index in mine
-            kind = klinks_kind(link)
-            if not is_mine and not (ns is None and link.ifname in declared_devices):
-                if desired:
-                    want = wanted.get(("link", ns, link.ifname))
-                    if isinstance(want, Link) and want.owned:
-                        alias = link.alias or ""
-                        owner = alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
-                        who = f"is owned by topology {owner}" if owner else "is a user's interface, not cnetctl's"
-                        cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and {who}")
-                continue
-            if ns is None and not is_mine:
-                kind = "lo" if link.ifname == "lo" else "device"
-            master = by_index[link.master].ifname if link.master in by_index else None
-            cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up))
-            for cidr in addresses_by_index.get(link.index, []):
-                ip = ipaddress.ip_interface(cidr)
-                if ip.version == 6 and ip.is_link_local:
-                    continue
-                if link.ifname == "lo" and cidr in LOOPBACK_DEFAULTS:
-                    continue
-                addr = Address(ns, link.ifname, cidr)
-                if is_mine or addr.key in host_keys:
-                    cur.resources.append(addr)
-        for route in kroutes.dump_routes(ipr, ns, names):
-            if ns is not None or route.key in host_keys or (route.dev and route.dev in
-                                                             {names[i] for i in mine}):
-                cur.resources.append(route)
-        for rule in kroutes.dump_rules(ipr, ns):
-            if ns is not None or rule.key in host_keys:
-                cur.resources.append(rule)
-        if desired:
-            _route_conflicts(cur, ipr, ns, names, wanted)
-        _observe_nat(cur, name, label, ns, with_drops=desired is not None)
-
+        live_links[ns] = _observe_ns(cur, sockets.get(ns), ns, scope)
     _pair_veths(cur, live_links, wanted)
+    _observe_sysctls(cur, state, wanted, owned)
+    return cur
 
-    # Sysctls: the keys this topology manages (state) and the keys it declares.
+
+def _netns_conflicts(cur: CurrentState, owners: dict[str, str | None], wanted: dict[Key, Resource],
+                     name: str) -> None:
+    for wanted_ns in (r.name for r in wanted.values() if isinstance(r, Netns)):
+        if wanted_ns in owners and owners[wanted_ns] != name and not is_stale_mountpoint(wanted_ns):
+            who = f"topology {owners[wanted_ns]}" if owners[wanted_ns] else \
+                "nobody known to cnetctl (a user's namespace)"
+            cur.conflicts.append(f"netns {wanted_ns} exists and is owned by {who}")
+
+
+class _Scope:
+    """What decides, in one observe() run, which live objects are this topology's."""
+
+    def __init__(self, name: str, state: State, wanted: dict[Key, Resource], planning: bool):
+        self.name, self.label, self.wanted, self.planning = name, owner_label(name), wanted, planning
+        records = state.host_records()
+        self.host_keys = {r.key for r in records}
+        # Devices the topology configures but does not own: declared now, or changed by an
+        # earlier apply (their original MTU and addresses are to be restored on removal).
+        self.devices = {r.ifname for r in wanted.values() if isinstance(r, Link) and r.ns is None
+                        and r.kind in ("device", "lo")}
+        self.devices |= set(state.device_originals) | {r.ifname for r in records if isinstance(r, Address)}
+        self.declared_devices = {r.ifname for r in wanted.values() if isinstance(r, Link) and r.ns is None
+                                 and r.kind == "device"}
+        self.others = other_host_owners(state) if planning else {}
+
+
+def _observe_ns(cur: CurrentState, ipr: Any, ns: str | None, scope: _Scope) -> list[klinks.LiveLink]:
+    live = klinks.dump_links(ipr)
+    names = {link.index: link.ifname for link in live}
+    mine = {link.index for link in live if link.alias == scope.label}
+    _observe_links(cur, ipr, ns, live, mine, scope)
+    my_devs = {names[i] for i in mine}
+    for route in kroutes.dump_routes(ipr, ns, names):
+        if ns is not None or route.key in scope.host_keys or (route.dev and route.dev in my_devs):
+            cur.resources.append(route)
+    for rule in kroutes.dump_rules(ipr, ns):
+        if ns is not None or rule.key in scope.host_keys:
+            cur.resources.append(rule)
+    if scope.planning:
+        routes = _all_routes(ipr, ns, names)
+        _route_conflicts(cur, ns, scope, routes)
+        if ns is None:
+            _rule_conflicts(cur, ipr, scope)
+            _overlap_conflicts(cur, live, scope, routes)
+            _host_record_conflicts(cur, scope)
+    _observe_nat(cur, scope.name, scope.label, ns, with_drops=scope.planning)
+    return live
+
+
+def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klinks.LiveLink], mine: set[int],
+                   scope: _Scope) -> None:
+    by_index = {link.index: link for link in live}
+    addresses_by_index: dict[int, list[str]] = {}
+    for index, cidr in dump_addresses(ipr):
+        addresses_by_index.setdefault(index, []).append(cidr)
+    for link in live:
+        is_mine = link.index in mine
+        configured = ns is None and link.ifname in scope.devices
+        if not is_mine and not configured:
+            if scope.planning:
+                _link_conflict(cur, ns, link, scope)
+            continue
+        if configured and not is_mine and link.ifname in scope.declared_devices and \
+                owner_of(link.alias) not in (None, scope.name):
+            cur.conflicts.append(f"interface {link.ifname} in host is owned by topology {owner_of(link.alias)}: "
+                                 f"topology {scope.name} cannot configure it (give it a bridge of its own)")
+        kind = klinks_kind(link) if is_mine else ("lo" if link.ifname == "lo" else "device")
+        master = by_index[link.master].ifname if link.master in by_index else None
+        cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up))
+        for cidr in addresses_by_index.get(link.index, []):
+            ip = ipaddress.ip_interface(cidr)
+            if (ip.version == 6 and ip.is_link_local) or (link.ifname == "lo" and cidr in LOOPBACK_DEFAULTS):
+                continue
+            addr = Address(ns, link.ifname, cidr)
+            # On a user's device: ours when an earlier apply added it; when the file declares
+            # an address that is there already (the user's), it counts as present, not ours.
+            if is_mine or addr.key in scope.host_keys or (configured and addr.key in scope.wanted):
+                cur.resources.append(addr)
+
+
+def _link_conflict(cur: CurrentState, ns: str | None, link: klinks.LiveLink, scope: _Scope) -> None:
+    want = scope.wanted.get(("link", ns, link.ifname))
+    if isinstance(want, Link) and want.owned:
+        owner = owner_of(link.alias)
+        who = f"is owned by topology {owner}" if owner else "is a user's interface, not cnetctl's"
+        cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and {who}")
+
+
+def owner_of(alias: str | None) -> str | None:
+    """The topology named by an ownership label, or None."""
+    alias = alias or ""
+    return alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
+
+
+def _observe_sysctls(cur: CurrentState, state: State, wanted: dict[Key, Resource], owned: list[str]) -> None:
+    """The keys this topology manages (state) and the keys it declares."""
     keys = set(state.managed_sysctls())
     keys |= {(r.ns, r.name) for r in wanted.values() if isinstance(r, Sysctl)}
     for ns, key in sorted(keys, key=lambda k: (k[0] or "", k[1])):
@@ -137,7 +189,6 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
         if state.sysctl_original(ns, key) is None:
             continue  # never changed by us: a Create (which records the original) is due
         cur.resources.append(Sysctl(ns, key, read_sysctl(ns, key)))
-    return cur
 
 
 def _observe_nat(cur: CurrentState, name: str, label: str, ns: str | None, with_drops: bool) -> None:
@@ -160,24 +211,77 @@ def klinks_kind(link: klinks.LiveLink) -> str:
     return link.kind or "device"
 
 
-def _route_conflicts(cur: CurrentState, ipr: object, ns: str | None, names: dict[int, str],
-                     wanted: dict[tuple[object, ...], Resource]) -> None:
-    want_routes = [r for r in wanted.values() if isinstance(r, Route) and r.ns == ns]
-    if not want_routes:
-        return
-    ours = {r.key for r in cur.resources if isinstance(r, Route)}
-    foreign = {}
+def _all_routes(ipr: Any, ns: str | None, names: dict[int, str]) -> dict[Key, tuple[int, Route]]:
+    """Every route of `ns` by key -> (routing protocol, record); one dump per family."""
+    out: dict[Key, tuple[int, Route]] = {}
     for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.route("dump", family=family):  # type: ignore[attr-defined]
-            if msg["proto"] == 147:
-                continue
+        for msg in ipr.route("dump", family=family):
+            oif = msg.get("oif")
             r = Route(ns, family, msg.get("table") or msg["table"], kroutes._dst(msg, family),
-                      msg.get("priority") or 0)
-            foreign[r.key] = msg["proto"]
-    for r in want_routes:
-        if r.key in foreign and r.key not in ours:
-            cur.conflicts.append(f"{r.describe()}: a route with the same table, destination and metric "
-                                 f"exists (proto {foreign[r.key]}) and is not cnetctl's")
+                      msg.get("priority") or 0, via=msg.get("gateway"), dev=names.get(oif) if oif else None,
+                      scope=msg["scope"])
+            out[r.key] = (msg["proto"], r)
+    return out
+
+
+def _route_conflicts(cur: CurrentState, ns: str | None, scope: _Scope,
+                     live: dict[Key, tuple[int, Route]]) -> None:
+    ours = {r.key for r in cur.resources if isinstance(r, Route)}
+    for r in scope.wanted.values():
+        if not isinstance(r, Route) or r.ns != ns or r.key not in live or r.key in ours:
+            continue
+        proto = live[r.key][0]
+        if proto != RTPROT_CNETCTL:
+            who = f"exists (proto {proto}) and is not cnetctl's"
+        elif r.key in scope.others:
+            who = f"belongs to topology {scope.others[r.key]}"
+        else:
+            who = f"exists with proto {proto} but belongs to no applied topology (made by hand?)"
+        cur.conflicts.append(f"{r.describe()}: a route with the same table, destination and metric {who}")
+
+
+def _rule_conflicts(cur: CurrentState, ipr: Any, scope: _Scope) -> None:
+    """Host rules: one with the same selectors, priority and table made by someone else."""
+    wanted = [r for r in scope.wanted.values() if isinstance(r, Rule) and r.ns is None and r.key not in
+              scope.host_keys]
+    if not wanted:
+        return
+    live = {r.key for r in kroutes.dump_rules(ipr, None)}
+    for r in wanted:
+        if r.key in live:
+            who = f"topology {scope.others[r.key]}" if r.key in scope.others else \
+                "no applied topology (made by hand with proto 147?)"
+            cur.conflicts.append(f"{r.describe()}: an identical rule exists and belongs to {who}")
+
+
+def _host_record_conflicts(cur: CurrentState, scope: _Scope) -> None:
+    """Host addresses (on devices cnetctl does not own) another topology has recorded as its own."""
+    for r in scope.wanted.values():
+        if isinstance(r, Address) and r.ns is None and r.key in scope.others and r.key not in scope.host_keys:
+            cur.conflicts.append(f"{r.describe()} is managed by topology {scope.others[r.key]}")
+
+
+def _overlap_conflicts(cur: CurrentState, live: list[klinks.LiveLink], scope: _Scope,
+                       routes: dict[Key, tuple[int, Route]]) -> None:
+    """A host address whose subnet overlaps a connected subnet of someone else's interface
+    (another topology's bridge, a user's device): both would claim the same addresses."""
+    by_name = {link.ifname: link for link in live}
+    connected = [(ipaddress.ip_network(r.dst), r.dev) for proto, r in routes.values()
+                 if proto == RTPROT_KERNEL and r.table == MAIN_TABLE and r.via is None and r.dev]
+    for a in scope.wanted.values():
+        if not isinstance(a, Address) or a.ns is not None:
+            continue
+        net = ipaddress.ip_interface(a.cidr).network
+        if net.is_link_local:
+            continue
+        for other, dev in connected:
+            link = by_name.get(dev or "")
+            if other.version != net.version or not other.overlaps(net) or dev == a.ifname or link is None \
+                    or link.alias == scope.label or other.is_link_local:
+                continue
+            owner = owner_of(link.alias)
+            who = f"topology {owner}'s {other} on {dev}" if owner else f"{other}, connected on a user's interface {dev}"
+            cur.conflicts.append(f"address {a.cidr} on {a.ifname} in host: its subnet {net} overlaps {who}")
 
 
 def _pair_veths(cur: CurrentState, live: dict[str | None, list[klinks.LiveLink]],

@@ -3,17 +3,20 @@
 Order: netns -> links (bridges, then veths, then configured devices) ->
 addresses -> sysctls -> routes -> rules; deletes run first, in reverse.
 A deleted or re-created link takes its addresses, routes and veth peer with
-it in the kernel, so the plan deletes those explicitly first (exact undo) and
-re-creates what is still wanted.
+it in the kernel, and a deleted address the routes that depended on it, so
+the plan deletes those explicitly first (exact undo) and re-creates what is
+still wanted: one apply converges.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl
+from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl, where
 
 Op = Literal["create", "update", "delete"]
 SYMBOL = {"create": "+", "update": "~", "delete": "-"}
@@ -40,6 +43,10 @@ class Action:
         return self.resource.differences(self.old)
 
     def describe(self) -> str:
+        if self.op == "delete" and isinstance(self.resource, Sysctl):
+            # Deleting a sysctl puts back the value it had before the first apply.
+            r = self.resource
+            return f"- sysctl {r.name} in {where(r.ns)}: restore its value from before cnetctl (now {r.value})"
         text = f"{SYMBOL[self.op]} {self.resource.describe()}"
         if self.op == "update":
             text += " (" + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in self.changes().items()) + ")"
@@ -93,6 +100,25 @@ def _dependents(link: Link, current: Iterable[Resource]) -> list[Resource]:
     return out
 
 
+def _address_dependents(addr: Address, cur: dict[Key, Resource], gone: set[Key]) -> list[Resource]:
+    """Routes the kernel drops when `addr` is deleted: those using it as source and, when it
+    was the link's last IPv4 address, every IPv4 route through that link (fib_disable_ip)."""
+    ip = ipaddress.ip_interface(addr.cidr)
+    on_link = [ipaddress.ip_interface(r.cidr) for r in cur.values()
+               if isinstance(r, Address) and (r.ns, r.ifname) == (addr.ns, addr.ifname)]
+    last_v4 = ip.version == 4 and not any(
+        a.version == 4 and Address(addr.ns, addr.ifname, str(a)).key not in gone for a in on_link)
+    out: list[Resource] = []
+    for r in cur.values():
+        if not isinstance(r, Route) or r.ns != addr.ns:
+            continue
+        through = r.dev == addr.ifname or (r.dev is None and r.via is not None and any(
+            ipaddress.ip_address(r.via) in a.network for a in on_link if a.version == ip.version))
+        if r.src == str(ip.ip) or (last_v4 and r.family == socket.AF_INET and through):
+            out.append(r)
+    return out
+
+
 def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_netns: bool = False) -> Plan:
     """The actions that turn `current` into `desired`.
 
@@ -113,6 +139,8 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
             deps: list[Resource] = []
             if isinstance(r, Link) and r.owned:
                 deps = _dependents(r, cur.values())
+            elif isinstance(r, Address):
+                deps = _address_dependents(r, cur, gone)
             elif isinstance(r, Netns):
                 deps = [x for x in cur.values() if _lives_in(x, r.name)]
             for d in deps:

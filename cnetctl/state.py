@@ -167,6 +167,16 @@ class State:
             self.save()
 
 
+def other_host_owners(state: State) -> dict[tuple[Any, ...], str]:
+    """Host addresses, routes and rules recorded by the other topologies -> which one."""
+    out: dict[tuple[Any, ...], str] = {}
+    for other in list_state_names(state.directory):
+        if other != state.name:
+            for record in State.load(other, state.directory).host_records():
+                out.setdefault(record.key, other)
+    return out
+
+
 def list_state_names(directory: str) -> list[str]:
     try:
         return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".json") and not f.startswith("."))

@@ -332,11 +332,20 @@ def run_route(desired: DesiredState, check: Check, sockets: Sockets) -> CheckRes
     if not answer.ok and not (set(want) == {"type"} and not wrong):
         wrong.setdefault("route", ("found", answer.error))
     shown = ", ".join(f"{k} {v}" for k, v in have.items() if k != "ok")
-    if wrong:
-        detail = "expected " + ", ".join(f"{k} {w}, got {h}" for k, (w, h) in wrong.items())
+    if not wrong:
+        return CheckResult("route", True, f"kernel chose {shown}", fields)
+    if not answer.ok:
+        detail = f"expected a route ({', '.join(f'{k} {v}' for k, v in want.items())}), got {answer.error}"
     else:
-        detail = f"kernel chose {shown}"
-    return CheckResult("route", not wrong, detail, fields)
+        detail = "expected " + ", ".join(f"{k} {w}, got {_got(h, k)}" for k, (w, h) in wrong.items())
+    return CheckResult("route", False, detail, fields)
+
+
+def _got(value: Any, what: str) -> str:
+    """A missing attribute of the kernel's answer, said in words (never "None")."""
+    if value is not None:
+        return str(value)
+    return {"via": "no gateway (directly connected)", "src": "no source address"}.get(what, "none")
 
 
 Finisher = Callable[[], list[CheckResult]]

@@ -8,16 +8,42 @@ is what was asked for; deleting what is gone succeeds.
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from typing import Any
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import owner_label
+from .. import RTPROT_CNETCTL, owner_label
 from ..errors import KernelError
 from ..model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
 from . import addresses, links, nat, routes, sysctl
-from .netns import Sockets, create_netns, delete_netns, is_errno, netns_path
+from .netns import Sockets, create_netns, delete_netns, is_errno, is_stale_mountpoint, netns_exists, netns_path
+
+_CAUSES = {
+    errno.EEXIST: "something of that name or key exists already (made by hand or another tool?)",
+    errno.EPERM: "not permitted: run as root, outside a restricted container",
+    errno.EACCES: "not permitted: run as root, outside a restricted container",
+    errno.ENODEV: "the interface vanished meanwhile (deleted by another tool?)",
+    errno.ENETUNREACH: "the gateway is not on a connected subnet of that node",
+    errno.ENOSPC: "a kernel limit was reached",
+    errno.EMFILE: "too many open files: raise `ulimit -n`",
+    errno.ENFILE: "too many open files on the system",
+    errno.EBUSY: "the object is in use",
+    errno.ERANGE: "a name or value is out of the kernel's range (interface names: at most 15 bytes)",
+}
+
+
+def likely_cause(code: int, res: Resource) -> str:
+    """A hint for the user after the kernel's own words."""
+    cause = _CAUSES.get(code)
+    if code == errno.EINVAL:
+        cause = "the kernel refused a value"
+        if isinstance(res, Address) and ":" in res.cidr:
+            cause += " (IPv6 needs an MTU of at least 1280 on that link)"
+    return f"; likely cause: {cause}" if cause else ""
 
 
 class Kernel:
@@ -50,24 +76,47 @@ class Kernel:
                 raise KernelError(f"{verb} {res.describe()}: this kernel has no {res.kind} support "
                                   f"(modprobe {res.kind}, or enable CONFIG_{res.kind.upper()})") from err
             raise KernelError(f"{verb} {res.describe()}: {err.args[-1] if err.args else err} "
-                              f"({errno.errorcode.get(err.code, err.code)})") from err
+                              f"({errno.errorcode.get(err.code, err.code)}){likely_cause(err.code, res)}") from err
         except OSError as err:
-            raise KernelError(f"{verb} {res.describe()}: {err.strerror or err}") from err
+            raise KernelError(f"{verb} {res.describe()}: {err.strerror or err}"
+                              f"{likely_cause(err.errno or 0, res)}") from err
 
     # --- netns ------------------------------------------------------------------------------------
     def _create_netns(self, res: Netns) -> None:
+        label = self.label
+
+        def label_lo(nl: socket.socket) -> None:
+            # The namespace's own label lives on its lo, which is also brought up.
+            with IPRoute(fileno=os.dup(nl.fileno())) as ipr:
+                ipr.link("set", index=1, ifalias=label, state="up")
+
         try:
-            create_netns(res.name)
+            self.sockets.adopt(res.name, create_netns(res.name, label_lo))
         except FileExistsError:
-            pass  # observe() decided it is ours or reported a conflict; label below converges
-        ipr = self.sockets.get(res.name)
-        # The namespace's own label lives on its lo, which is also brought up.
-        ipr.link("set", index=1, ifalias=self.label, state="up")
+            # observe() decided it is ours or reported a conflict; a mount point left
+            # empty by a killed run is replaced.
+            if is_stale_mountpoint(res.name):
+                delete_netns(res.name)
+                self.sockets.adopt(res.name, create_netns(res.name, label_lo))
+            else:
+                self.sockets.get(res.name).link("set", index=1, ifalias=label, state="up")
 
     def _delete_netns(self, res: Netns) -> None:
         self.sockets.close(res.name)  # an open socket would keep the namespace alive
+        if netns_exists(res.name) and not is_stale_mountpoint(res.name):
+            owner = self._lo_label(res.name)
+            if owner != self.label:
+                raise KernelError(f"netns {res.name} is not owned by topology {self.topology} "
+                                  f"(its label is {owner!r}); not deleting it")
         delete_netns(res.name)
         self.state.forget_netns(res.name)
+
+    def _lo_label(self, ns: str) -> str | None:
+        try:
+            (lo,) = self.sockets.get(ns).link("get", index=1)
+        finally:
+            self.sockets.close(ns)
+        return lo.get("ifalias")  # type: ignore[no-any-return]
 
     def _update_netns(self, old: Netns, new: Netns) -> None:
         pass
@@ -109,18 +158,27 @@ class Kernel:
 
     def _update_link(self, old: Link, new: Link) -> None:
         diff = new.differences(old)
-        links.configure_link(self.sockets.get(new.ns), new.ifname,
+        ipr = self.sockets.get(new.ns)
+        if new.kind == "device":
+            # Saved before the change: destroy puts a user's device back as it was.
+            self.state.remember_device(new.ifname, links.find_link(ipr, new.ifname))
+        links.configure_link(ipr, new.ifname,
                              mtu=new.mtu if "mtu" in diff else None,
                              master=new.master if "master" in diff else False,
                              up=new.up if "up" in diff else None)
 
     def _delete_link(self, res: Link) -> None:
-        if res.kind in ("bridge", "veth"):
-            links.delete_link(self.sockets.get(res.ns), res.ifname)
+        ipr = self.sockets.get(res.ns)
+        if res.owned:
+            found = links.find_link(ipr, res.ifname)
+            if found is not None and found.alias != self.label:
+                raise KernelError(f"{res.describe()} is not owned by topology {self.topology} "
+                                  f"(its label is {found.alias!r}); not deleting it")
+            links.delete_link(ipr, res.ifname)
         elif res.kind == "device":
             original = self.state.device_originals.get(res.ifname)
-            if original and original.get("mtu") and links.find_link(self.sockets.get(None), res.ifname):
-                links.configure_link(self.sockets.get(None), res.ifname, mtu=original["mtu"])
+            if original and original.get("mtu") and links.find_link(ipr, res.ifname):
+                links.configure_link(ipr, res.ifname, mtu=original["mtu"])
             self.state.forget_device(res.ifname)
 
     # --- addresses --------------------------------------------------------------------------------
@@ -164,17 +222,14 @@ class Kernel:
     def _create_route(self, res: Route) -> None:
         if res.ns is None:
             self.state.remember_host(res)
-        ipr = self.sockets.get(res.ns)
         try:
-            routes.add_route(ipr, res)
+            routes.add_route(self.sockets.get(res.ns), res)
         except NetlinkError as err:
             if not is_errno(err, errno.EEXIST):
                 raise
-            mine = [r for r in routes.dump_routes(ipr, res.ns, {}) if r.key == res.key]
-            if not mine:
-                raise KernelError(f"create {res.describe()}: a route with the same table, destination and "
-                                  "metric exists and is not owned by cnetctl") from err
-            routes.replace_route(ipr, res)
+            # plan() found no route of ours with this key: whoever made it owns it.
+            raise KernelError(f"create {res.describe()}: a route with the same table, destination and "
+                              "metric appeared meanwhile and is not this topology's") from err
 
     def _update_route(self, old: Route, new: Route) -> None:
         routes.replace_route(self.sockets.get(new.ns), new)
@@ -187,7 +242,13 @@ class Kernel:
     def _create_rule(self, res: Rule) -> None:
         if res.ns is None:
             self.state.remember_host(res)
-        routes.add_rule(self.sockets.get(res.ns), res)
+        try:
+            routes.add_rule(self.sockets.get(res.ns), res)
+        except NetlinkError as err:
+            if not is_errno(err, errno.EEXIST):
+                raise
+            raise KernelError(f"create {res.describe()}: an identical rule (proto {RTPROT_CNETCTL}) appeared "
+                              "meanwhile and is not this topology's") from err
 
     def _update_rule(self, old: Rule, new: Rule) -> None:
         pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,24 +29,32 @@ class LiveLink:
     peer_index: int | None  # IFLA_LINK: for a veth, the peer's ifindex in the peer's namespace
 
 
+def _live_link(msg: Any) -> LiveLink:
+    return LiveLink(
+        index=msg["index"],
+        ifname=msg.get("ifname"),
+        kind=msg.get(("linkinfo", "kind")),
+        alias=msg.get("ifalias"),
+        mtu=msg.get("mtu"),
+        master=msg.get("master") or None,
+        up=bool(msg["flags"] & IFF_UP),
+        peer_index=msg.get("link"),
+    )
+
+
 def dump_links(ipr: IPRoute) -> list[LiveLink]:
-    out = []
-    for msg in ipr.link("dump"):
-        out.append(LiveLink(
-            index=msg["index"],
-            ifname=msg.get("ifname"),
-            kind=msg.get(("linkinfo", "kind")),
-            alias=msg.get("ifalias"),
-            mtu=msg.get("mtu"),
-            master=msg.get("master") or None,
-            up=bool(msg["flags"] & IFF_UP),
-            peer_index=msg.get("link"),
-        ))
-    return out
+    return [_live_link(msg) for msg in ipr.link("dump")]
 
 
 def find_link(ipr: IPRoute, ifname: str) -> LiveLink | None:
-    return next((link for link in dump_links(ipr) if link.ifname == ifname), None)
+    """One RTM_GETLINK by name (a dump would make creating N links cost N²)."""
+    try:
+        (msg,) = ipr.link("get", ifname=ifname)
+    except NetlinkError as err:
+        if is_errno(err, errno.ENODEV):
+            return None
+        raise
+    return _live_link(msg)
 
 
 def get_index(ipr: IPRoute, ifname: str) -> int:

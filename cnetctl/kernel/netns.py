@@ -6,15 +6,19 @@ thread: the caller's thread (and the rest of the process) stays where it was.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import resource
+import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
@@ -22,6 +26,7 @@ from ..errors import KernelError
 T = TypeVar("T")
 
 NETNS_RUN_DIR = "/run/netns"
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def netns_path(name: str) -> str:
@@ -30,12 +35,18 @@ def netns_path(name: str) -> str:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
+MNT_DETACH = 2
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
 def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
 
 
 def _same_ns(path: str) -> bool:
@@ -62,12 +73,42 @@ def run_in_netns(ns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any
         except BaseException as err:  # re-raised in the caller's thread
             out["error"] = err
 
-    thread = threading.Thread(target=body, name=f"netns-{ns}")
-    thread.start()
-    thread.join()
+    run_thread(body, f"netns-{ns}")
     if "error" in out:
         raise out["error"]
     return cast(T, out["result"])
+
+
+def run_thread(body: Callable[[], None], name: str) -> None:
+    """Run `body` in a thread and wait for it. Ctrl-C and SIGTERM are held back until it
+    has finished, so that what it does in the kernel is complete (and can be undone)
+    before the caller unwinds."""
+    thread = threading.Thread(target=body, name=name)
+    with signals_deferred():
+        thread.start()
+        thread.join()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (a netlink
+    request cut in half leaves pyroute2's socket unusable, and the change half-known)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            handler = saved[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)          # raises KeyboardInterrupt / SystemExit here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)   # the default action, now
 
 
 def netns_socket(ns: str | None, family: int, type_: int, proto: int = 0) -> socket.socket:
@@ -86,42 +127,146 @@ def netns_exists(name: str) -> bool:
     return os.path.exists(netns_path(name))
 
 
-def create_netns(name: str) -> None:
+_run_dir_shared = False
+
+
+def _share_run_dir() -> None:
+    """/run/netns as a shared mount, as iproute2 makes it, so that namespaces mounted
+    there are seen by every mount namespace that shares it (done once per process)."""
+    global _run_dir_shared
+    if _run_dir_shared:
+        return
+    os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+    run_dir = NETNS_RUN_DIR.encode()
+    if _libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) != 0:
+        _check(_libc.mount(run_dir, run_dir, b"none", MS_BIND | MS_REC, None), f"bind-mount {NETNS_RUN_DIR}")
+        _check(_libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None), f"share {NETNS_RUN_DIR}")
+    _run_dir_shared = True
+
+
+def _new_netns_body(path: str, prepare: Callable[[socket.socket], None]) -> socket.socket:
+    """In a thread of its own: unshare a fresh network namespace, let `prepare` label it
+    through a netlink socket made inside it, and only then publish it at `path`.
+
+    No fork: a child would inherit cnetctl's signal handlers and run its rollback on
+    shared sockets when Ctrl-C hits the process group. Labelled before it is mounted:
+    a namespace is never visible under its name without its owner's label."""
+    _check(_libc.unshare(CLONE_NEWNET), "unshare")
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     try:
-        netns.create(name)
-    except FileExistsError:
+        prepare(nl)
+        # The mount point exists for a few microseconds before the mount: a run killed
+        # just there leaves an empty file, which delete_netns() and observe handle.
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+        try:
+            _check(_libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None),
+                   f"mount {path}")
+        except BaseException:
+            os.unlink(path)
+            raise
+    except BaseException:
+        nl.close()
         raise
-    except OSError as err:
-        raise KernelError(f"create netns {name}: {err}") from err
+    return nl
+
+
+def create_netns(name: str, prepare: Callable[[socket.socket], None]) -> socket.socket:
+    """Create named namespace `name`, prepared (labelled) by `prepare` before it appears.
+
+    Returns a netlink socket that lives in it. FileExistsError when the name is taken."""
+    _share_run_dir()
+    path = netns_path(name)
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["socket"] = _new_netns_body(path, prepare)
+        except BaseException as err:  # re-raised in the caller's thread
+            out["error"] = err
+
+    try:
+        run_thread(body, f"new-netns-{name}")
+    except BaseException:
+        if "socket" in out:
+            out["socket"].close()  # an open socket would pin the namespace the rollback removes
+        raise
+    err = out.get("error")
+    if isinstance(err, FileExistsError):
+        raise err
+    if err is not None:
+        if isinstance(err, OSError):
+            raise KernelError(f"create netns {name}: {err.strerror or err}") from err
+        raise err
+    return cast(socket.socket, out["socket"])
+
+
+def is_stale_mountpoint(name: str) -> bool:
+    """An entry of /run/netns that is a plain file, not a mounted namespace: what a run
+    killed between creating the mount point and mounting leaves behind. (A mounted
+    namespace lives on nsfs, so its device differs from the directory's.)"""
+    try:
+        return os.stat(netns_path(name)).st_dev == os.stat(NETNS_RUN_DIR).st_dev
+    except OSError:
+        return False
 
 
 def delete_netns(name: str) -> None:
+    path = netns_path(name)
     try:
-        netns.remove(name)
+        _check(_libc.umount2(path.encode(), MNT_DETACH), f"unmount {path}")
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not mounted (a stale mount point)
+            raise KernelError(f"delete netns {name}: {err.strerror}") from err
+    try:
+        os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as err:
-        if err.errno not in (errno.ENOENT, errno.EINVAL):
-            raise KernelError(f"delete netns {name}: {err}") from err
+        raise KernelError(f"delete netns {name}: {err.strerror}") from err
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: hundreds of namespaces need sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
 
 
 class Sockets:
-    """One IPRoute per namespace, reused for the whole run, closed before a netns goes."""
+    """One IPRoute per namespace, reused, closed before a netns goes.
 
-    def __init__(self) -> None:
-        self._by_ns: dict[str | None, IPRoute] = {}
+    An IPRoute holds 4 file descriptors, so the least recently used ones are closed
+    beyond `limit`: a topology of hundreds of namespaces runs under `ulimit -n 1024`."""
+
+    def __init__(self, limit: int = 64) -> None:
+        raise_fd_limit()
+        self._by_ns: OrderedDict[str | None, IPRoute] = OrderedDict()
+        self.limit = limit
 
     def get(self, ns: str | None) -> IPRoute:
         ipr = self._by_ns.get(ns)
-        if ipr is None:
-            if ns is None:
-                ipr = IPRoute()
-            else:
-                if not netns_exists(ns):
-                    raise KernelError(f"netns {ns} does not exist")
-                raw = netns_socket(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-                ipr = IPRoute(fileno=raw.detach())
-            self._by_ns[ns] = ipr
+        if ipr is not None:
+            self._by_ns.move_to_end(ns)
+            return ipr
+        if ns is None:
+            return self._keep(ns, IPRoute())
+        if not netns_exists(ns):
+            raise KernelError(f"netns {ns} does not exist")
+        return self.adopt(ns, netns_socket(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+
+    def adopt(self, ns: str | None, raw: socket.socket) -> IPRoute:
+        """Use `raw`, a netlink socket made inside `ns`, as that namespace's IPRoute."""
+        self.close(ns)
+        return self._keep(ns, IPRoute(fileno=raw.detach()))
+
+    def _keep(self, ns: str | None, ipr: IPRoute) -> IPRoute:
+        self._by_ns[ns] = ipr
+        while len(self._by_ns) > self.limit:
+            _, old = self._by_ns.popitem(last=False)
+            old.close()
         return ipr
 
     def close(self, ns: str | None) -> None:

@@ -115,11 +115,7 @@ def _rule_args(r: Rule) -> dict[str, Any]:
 
 
 def add_rule(ipr: IPRoute, r: Rule) -> None:
-    try:
-        ipr.rule("add", **_rule_args(r))
-    except NetlinkError as err:
-        if not is_errno(err, errno.EEXIST):
-            raise
+    ipr.rule("add", **_rule_args(r))
 
 
 def delete_rule(ipr: IPRoute, r: Rule) -> None:

@@ -119,7 +119,8 @@ class Link(Resource):
             extra = f" (peer {self.peer_ifname} in {where(self.peer_ns)})"
         if self.master:
             extra += f" master {self.master}"
-        return f"{self.kind} {self.ifname} in {where(self.ns)}{extra}"
+        name = self.ifname if self.kind == self.ifname else f"{self.kind} {self.ifname}"
+        return f"{name} in {where(self.ns)}{extra}"
 
 
 @dataclass(frozen=True)
