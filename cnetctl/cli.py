@@ -8,6 +8,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
@@ -87,7 +88,7 @@ def _progress(output: Output):  # type: ignore[no-untyped-def]
         return None
 
     def show(i: int, action: Action) -> None:
-        console.print(f"[{STYLE[action.op]}]{action.describe()}[/]")
+        console.print(f"[{STYLE[action.op]}]{escape(action.describe())}[/]")
     return show
 
 

@@ -40,6 +40,8 @@ class Action:
         return self.resource.differences(self.old)
 
     def describe(self) -> str:
+        if self.op == "update" and hasattr(self.resource, "describe_update"):  # Nat: rules added/removed
+            return f"{SYMBOL[self.op]} {self.resource.describe_update(self.old)}"
         text = f"{SYMBOL[self.op]} {self.resource.describe()}"
         if self.op == "update":
             text += " (" + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in self.changes().items()) + ")"
