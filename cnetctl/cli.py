@@ -184,6 +184,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
         raise UsageError(f"invalid topology name {name!r}")
 
     def announce(p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
         if output is Output.text and p.empty:
             console.print(f"topology {name}: nothing to destroy")
 
