@@ -14,10 +14,11 @@ from .apply import execute, interrupted_run
 from .errors import ConflictError, KernelError, PermissionError_, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
-from .kernel.nat import require_backend
+from .kernel.nat import backend_warnings, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.resources import ForwardAccept, Link, Nat, Netns, Resource
+from .model.topology import Topology
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
@@ -57,11 +58,12 @@ class ApplyResult:
 def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -> CurrentState:
     """What is live, with the desired state completed by what only the kernel can tell:
     where another tool's FORWARD policy DROP lives (settings.forward: accept goes there)."""
-    for backend in {r.backend for r in desired.resources if isinstance(r, Nat)}:
-        require_backend(backend)
+    backends = {r.backend for r in desired.resources if isinstance(r, Nat)}
+    for backend in sorted(backends):
+        require_backend(backend)  # a missing library: exit 2 naming what to install, before any change
     current = observe(name, state, sockets, desired)
     desired.resources = [r for r in desired.resources if not isinstance(r, ForwardAccept)]
-    desired.warnings = []
+    desired.warnings = backend_warnings(backends)
     for ns, chains in current.forward_drops.items():
         if ns is not None and ns not in desired.nodes.values():
             continue
@@ -76,9 +78,28 @@ def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -
     return current
 
 
+def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) -> str | None:
+    """The NAT backend plan and apply use (None: settings.nat_backend, i.e. auto).
+
+    In order: the --nat-backend flag (`auto` re-detects); the manifest's settings.nat_backend
+    when it names a backend; the backend of the last apply (state), so that a plain plan or
+    apply after `apply --nat-backend X` keeps NAT where it is, as verify does; else auto
+    (the host's iptables flavour)."""
+    if flag:
+        return flag
+    if topo.settings.nat_backend != "auto":
+        return topo.settings.nat_backend
+    return last_applied if last_applied in ("nftables", "iptables") else None
+
+
+def _load(file: str, directory: str, flag: str | None) -> DesiredState:
+    topo, src = load_topology(file)
+    return normalize(topo, src, nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend))
+
+
 def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
               ) -> tuple[DesiredState, Plan]:
-    desired = validate(file, nat_backend)
+    desired = _load(file, state_dir(directory), nat_backend)
     require_root()
     st = State.load(desired.name, state_dir(directory))
     with Sockets() as sockets:
@@ -96,9 +117,9 @@ def _raise_conflicts(current: CurrentState, name: str) -> None:
 def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
           progress: Progress | None = None, on_plan: Callable[[str, Plan, list[str]], None] | None = None,
           nat_backend: str | None = None) -> ApplyResult:
-    desired = validate(file, nat_backend)
-    require_root()
     directory = state_dir(directory)
+    desired = _load(file, directory, nat_backend)
+    require_root()
     with TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
             Sockets() as sockets:
         st = State.load(desired.name, directory)
@@ -162,7 +183,7 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
         current = observe(name, st, sockets)
         the_plan = plan([], current.resources, collapse_netns=True)
         if on_plan:
-            on_plan(the_plan, [])
+            on_plan(the_plan, [f"skipped {c}; left it untouched" for c in current.conflicts])
         kernel = Kernel(name, st, sockets)
         # Forward only: a half-done destroy is finished by running destroy again.
         execute(kernel, the_plan, rollback=False, progress=progress, journal=journal_path(name, directory))

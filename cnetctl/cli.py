@@ -8,6 +8,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
@@ -89,7 +90,7 @@ def _progress(output: Output):  # type: ignore[no-untyped-def]
     def show(phase: str, action: Action) -> None:
         # What a rollback undoes is said as such: a "+" printed earlier no longer exists.
         prefix = "rollback: " if phase == "undo" else ""
-        console.print(f"[{STYLE[action.op]}]{prefix}{action.describe()}[/]", markup=True)
+        console.print(f"[{STYLE[action.op]}]{prefix}{escape(action.describe())}[/]")
     return show
 
 
@@ -185,6 +186,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
         raise UsageError(f"invalid topology name {name!r}")
 
     def announce(p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
         if output is Output.text and p.empty:
             console.print(f"topology {name}: nothing to destroy")
 

@@ -192,14 +192,12 @@ def _observe_sysctls(cur: CurrentState, state: State, wanted: dict[Key, Resource
 
 
 def _observe_nat(cur: CurrentState, name: str, label: str, ns: str | None, with_drops: bool) -> None:
-    for backend, (_, _, read) in knat.BACKENDS.items():
-        if backend == "nftables" and not knat.nft_available():
-            continue
-        specs = read(ns, name, label)
-        if specs is not None:
-            cur.resources.append(Nat(ns, backend, tuple(s.text() for s in knat.canonical_order(specs))))
-    nft_items = (knat.nft_list(ns, {"ruleset": None}) or []) if knat.nft_available() else []
-    for where, subnets in knat.forward_read(ns, name, label, nft_items).items():
+    """NAT and forward-accepts of ours in `ns`. Same-named tables or chains without our owner
+    marker are someone else's: they go to `conflicts` (plan/apply refuse; destroy skips them)."""
+    nft_items = knat.nft_ruleset(ns)
+    for backend, specs in knat.nat_read(ns, name, label, nft_items, cur.conflicts).items():
+        cur.resources.append(Nat(ns, backend, tuple(s.text() for s in knat.canonical_order(specs))))
+    for where, subnets in knat.forward_read(ns, name, label, nft_items, cur.conflicts).items():
         cur.resources.append(ForwardAccept(ns, where, subnets))
     if with_drops:
         cur.forward_drops[ns] = knat.forward_drop_chains(ns, name, nft_items)

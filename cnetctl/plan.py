@@ -47,6 +47,8 @@ class Action:
             # Deleting a sysctl puts back the value it had before the first apply.
             r = self.resource
             return f"- sysctl {r.name} in {where(r.ns)}: restore its value from before cnetctl (now {r.value})"
+        if self.op == "update" and hasattr(self.resource, "describe_update"):  # Nat: rules added/removed
+            return f"{SYMBOL[self.op]} {self.resource.describe_update(self.old)}"
         text = f"{SYMBOL[self.op]} {self.resource.describe()}"
         if self.op == "update":
             text += " (" + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in self.changes().items()) + ")"

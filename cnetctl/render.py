@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .plan import Plan
@@ -33,7 +34,7 @@ def print_plan(plan: Plan, topology: str) -> None:
         console.print(f"topology {topology}: no changes")
         return
     for action in plan.actions:
-        console.print(f"[{STYLE[action.op]}]{action.describe()}[/]", markup=True)
+        console.print(f"[{STYLE[action.op]}]{escape(action.describe())}[/]", markup=True)
     c = plan.counts()
     console.print(f"topology {topology}: {c['create']} to create, {c['update']} to change, "
                   f"{c['delete']} to delete")

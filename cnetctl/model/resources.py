@@ -242,9 +242,22 @@ class Nat(Resource):
     def key(self) -> Key:
         return ("nat", self.ns, self.backend)
 
-    def describe(self) -> str:
+    def _head(self) -> str:
         where_ = "table inet cnetctl-…" if self.backend == "nftables" else "chains CNET-…"
-        return f"nat ({self.backend}, {where_}) in {where(self.ns)}: {len(self.rules)} rules"
+        return f"nat ({self.backend}, {where_}) in {where(self.ns)}: {len(self.rules)} rule" + \
+            ("" if len(self.rules) == 1 else "s")
+
+    def describe(self) -> str:
+        """The head line, then one line per rule (its canonical text)."""
+        return self._head() + "".join(f"\n    {rule}" for rule in self.rules)
+
+    def describe_update(self, old: Resource) -> str:
+        """As describe, each rule marked: `+` added, `-` removed, unmarked when kept."""
+        assert isinstance(old, Nat)
+        lines = [f"  - {rule}" for rule in old.rules if rule not in self.rules]
+        lines += [f"  + {rule}" if rule not in old.rules else f"    {rule}" for rule in self.rules]
+        reordered = [r for r in old.rules if r in self.rules] != [r for r in self.rules if r in old.rules]
+        return self._head() + (" (rules reordered)" if reordered else "") + "".join(f"\n{line}" for line in lines)
 
     def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
         assert isinstance(current, Nat)

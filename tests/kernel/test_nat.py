@@ -223,6 +223,6 @@ def test_missing_nftables_library_is_named_before_any_change(tmp_path, clean_wor
     shim.mkdir()
     (shim / "nftables.py").write_text("raise ImportError('libnftables.so.1: cannot open shared object file')\n")
     res = cnetctl("apply", DOCKER, "--nat-backend", "nftables", env={"PYTHONPATH": str(shim)})
-    assert res.returncode == 3
+    assert res.returncode == 2  # a missing dependency is a usage problem, not a failed kernel operation
     assert "apt-get install libnftables1" in res.stderr and "nothing was changed" in res.stderr
     assert "docker-c1" not in run("ip", "netns", "list").stdout
