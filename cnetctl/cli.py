@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 
-class Output(enum.StrEnum):
+class Output(str, enum.Enum):  # not enum.StrEnum: that is Python 3.11+
     text = "text"
     json = "json"
 
@@ -41,7 +41,7 @@ FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVe
                                         show_default=False)]
 
 
-class Backend(enum.StrEnum):
+class Backend(str, enum.Enum):
     auto = "auto"
     nftables = "nftables"
     iptables = "iptables"
