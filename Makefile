@@ -1,6 +1,7 @@
 # cnetctl: two entry points for a fresh Debian/Ubuntu machine (run as root / with sudo).
-#   sudo make demo   install everything, apply manifests/quickstart.yaml, show status, run its checks
-#   sudo make test   install everything, run the whole test suite (kernel tests in a throw-away netns)
+#   sudo make demo   install the runtime, apply manifests/quickstart.yaml (with its checks), show status
+#   sudo make test   install the runtime and the test tools, run the whole test suite (kernel tests in a
+#                    throw-away netns)
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -8,9 +9,12 @@ CNETCTL := $(VENV)/bin/cnetctl
 MANIFEST ?= manifests/quickstart.yaml
 APT_PACKAGES := iproute2 iputils-ping iptables nftables libnftables1 python3-venv util-linux
 
-STAMP   := $(VENV)/.installed
+# Two stamps: the demo needs the runtime only; `make test` adds the test extras
+# (pytest, hypothesis, ruff, mypy) on top of the same venv.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP    := $(VENV)/.installed-test
 
-.PHONY: demo test deps venv unit lint clean destroy-demo
+.PHONY: demo test deps venv test-venv unit lint clean destroy-demo
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -22,29 +26,43 @@ deps:
 $(PY):
 	python3 -m venv $(VENV)
 
-# Re-installs only when the project's dependencies change.
-$(STAMP): pyproject.toml | $(PY)
+# Each re-installs only when the project's dependencies change.
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(TEST_STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
-venv: $(STAMP)
+venv: $(RUNTIME_STAMP)
 
+test-venv: $(TEST_STAMP)
+
+# The way to remove the demo is printed whatever happens, also when apply or one
+# of the checks fails (make still exits non-zero then).
 demo: deps venv
-	$(CNETCTL) apply $(MANIFEST)
-	$(CNETCTL) status
-	@echo
-	@echo "Applied. Look around:  sudo $(CNETCTL) exec quickstart web -- ip addr"
-	@echo "Verify again:          sudo $(CNETCTL) verify $(MANIFEST)"
-	@echo "Remove it:             sudo $(CNETCTL) destroy --name quickstart   (or: sudo make destroy-demo)"
+	@rc=0; $(CNETCTL) apply $(MANIFEST) || rc=$$?; \
+	if [ $$rc -le 1 ]; then $(CNETCTL) status || true; fi; \
+	echo; \
+	if [ $$rc -eq 0 ]; then \
+	  echo "Applied, all checks passed. Look around:  sudo $(CNETCTL) exec quickstart web -- ip addr"; \
+	  echo "Verify again:          sudo $(CNETCTL) verify $(MANIFEST)"; \
+	else \
+	  echo "cnetctl apply failed (exit $$rc: 1 = a check failed, 2 = invalid input or a conflict," \
+	       "3 = a kernel operation failed and was rolled back, 4 = not root)."; \
+	fi; \
+	echo "Remove it:             sudo $(CNETCTL) destroy $(MANIFEST)   (or: sudo make destroy-demo)"; \
+	exit $$rc
 
 destroy-demo: venv
 	$(CNETCTL) destroy $(MANIFEST)
 
-test: deps venv
+test: deps test-venv
 	$(PY) -m pytest -q
 
-unit: venv
+unit: test-venv
 	$(PY) -m pytest -q tests/unit
 
 clean:

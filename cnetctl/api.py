@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from .kernel import links as klinks
 from .kernel.nat import backend_warnings, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
-from .model.resources import ForwardAccept, Link, Nat, Netns, Resource
+from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
 from .model.topology import Topology
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
@@ -69,7 +70,7 @@ def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -
             continue
         for where in chains:
             if desired.topology.settings.forward == "accept":
-                desired.resources.append(ForwardAccept(ns, where, desired.subnets()))
+                desired.resources.append(ForwardAccept(ns, where, _subnets_for(where, desired.subnets())))
             else:
                 desired.warnings.append(
                     f"FORWARD policy DROP in {where.replace('nft:', 'nft table ').replace(':', ' table ')} "
@@ -95,6 +96,15 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
 def _load(file: str, directory: str, flag: str | None) -> DesiredState:
     topo, src = load_topology(file)
     return normalize(topo, src, nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend))
+def _subnets_for(where: str, subnets: tuple[str, ...]) -> tuple[str, ...]:
+    """The subnets a FORWARD chain can match: an IPv4-only chain (nft family ip, iptables) gets
+    no IPv6 accepts and vice versa (forward_apply skips them, so declaring them is drift)."""
+    family = where.split(" ")[0]
+    if family in ("nft:ip", "iptables:filter"):
+        return tuple(s for s in subnets if ":" not in s)
+    if family in ("nft:ip6", "ip6tables:filter"):
+        return tuple(s for s in subnets if ":" in s)
+    return subnets
 
 
 def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
@@ -236,17 +246,53 @@ class TopologyStatus:
     applied_at: float | None = None
     manifest: str | None = None
 
+    def node_of(self, ns: str | None) -> str | None:
+        """The node living in namespace `ns` (host: the namespace cnetctl runs in), None if unknown."""
+        found = next((node for node, where in self.nodes.items() if where == ns), None)
+        return "host" if found is None and ns is None else found
+
     def to_json(self) -> dict[str, Any]:
         namespaces = sorted(r.name for r in self.resources if isinstance(r, Netns))
+        addresses: dict[tuple[str | None, str], list[str]] = {}
+        for r in self.resources:
+            if isinstance(r, Address):
+                addresses.setdefault((r.ns, r.ifname), []).append(r.cidr)
         links = [{"netns": r.ns, "ifname": r.ifname, "kind": r.kind, "master": r.master, "mtu": r.mtu, "up": r.up,
-                  "peer": None if r.kind != "veth" else {"netns": r.peer_ns, "ifname": r.peer_ifname}}
+                  "peer": None if r.kind != "veth" else {"netns": r.peer_ns, "ifname": r.peer_ifname},
+                  "node": self.node_of(r.ns), "addresses": addresses.get((r.ns, r.ifname), [])}
                  for r in self.resources if isinstance(r, Link) and r.owned]
         counts: dict[str, int] = {}
         for r in self.resources:
             counts[r.KIND] = counts.get(r.KIND, 0) + 1
         return {"name": self.name, "state_file": self.state_file, "manifest": self.manifest,
                 "applied_at": self.applied_at, "nodes": self.nodes, "namespaces": namespaces,
-                "links": links, "counts": counts}
+                "links": links, "counts": counts, "by_node": self._by_node(namespaces, links, addresses)}
+
+    def _by_node(self, namespaces: list[str], links: list[dict[str, Any]],
+                 addresses: dict[tuple[str | None, str], list[str]]) -> list[dict[str, Any]]:
+        """Per node (host first): its namespace, its interfaces with their addresses, its routes."""
+        where = [None, *(ns for ns in self.nodes.values() if ns is not None),
+                 *(ns for ns in namespaces if ns not in self.nodes.values())]
+        out = []
+        for ns in dict.fromkeys(where):
+            interfaces = [link for link in links if link["netns"] == ns]
+            # Addresses cnetctl manages on interfaces it does not own (host devices, lo).
+            interfaces += [{"netns": ns, "ifname": ifname, "kind": None, "master": None, "mtu": None, "up": None,
+                            "peer": None, "node": self.node_of(ns), "addresses": cidrs}
+                           for (a_ns, ifname), cidrs in addresses.items()
+                           if a_ns == ns and not any(link["ifname"] == ifname for link in interfaces)]
+            routes = [_route_json(r) for r in self.resources if isinstance(r, Route) and r.ns == ns]
+            if ns is None and not interfaces and not routes and "host" not in self.nodes:
+                continue
+            out.append({"node": self.node_of(ns), "netns": ns, "live": ns is None or ns in namespaces,
+                        "interfaces": interfaces, "routes": routes})
+        return out
+
+
+def _route_json(r: Route) -> dict[str, Any]:
+    return {"family": 6 if r.family == socket.AF_INET6 else 4,
+            "to": "default" if r.dst in ("0.0.0.0/0", "::/0") else r.dst, "via": r.via, "dev": r.dev,
+            "src": r.src, "table": r.table, "metric": r.metric, "type": r.type, "proto": 147}
 
 
 def status(name: str | None = None, directory: str | None = None) -> list[TopologyStatus]:

@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import enum
+import re
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
 from .plan import Action
 from .render import STYLE, console, err_console, plan_json, print_json, print_plan, print_report, print_status
+from .state import DEFAULT_STATE_DIR
+
+
+def _flags_take_no_value(params: list[Any]) -> list[Any]:
+    """--help shows no value and no default for a boolean flag (typer shows `<bool>` or
+    `[default: False]`, depending on its version): it takes none."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            param.show_default = False  # type: ignore[attr-defined]
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_take_no_value(super().get_params(ctx))
+
 
 app = typer.Typer(
+    cls=_Group,
     name="cnetctl",
     help="Declarative container networks on the real Linux kernel: network namespaces, veth pairs, bridges, "
          "addresses, routes, policy rules, sysctls and NAT from one YAML file, proven with real packets.\n\n"
@@ -28,7 +53,11 @@ app = typer.Typer(
 )
 
 
-class Output(enum.StrEnum):
+def command(**kwargs: Any) -> Any:
+    return app.command(cls=_Command, **kwargs)
+
+
+class Output(str, enum.Enum):  # not enum.StrEnum: that is Python 3.11+
     text = "text"
     json = "json"
 
@@ -42,7 +71,7 @@ FileArg = Annotated[str, typer.Argument(help="the topology manifest (YAML, apiVe
                                         show_default=False)]
 
 
-class Backend(enum.StrEnum):
+class Backend(str, enum.Enum):
     auto = "auto"
     nftables = "nftables"
     iptables = "iptables"
@@ -74,9 +103,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CNETCTL_STATE_DIR",
-                                                     help="where state files and locks live "
-                                                          "[default: /var/lib/cnetctl]")] = None,
+    # A real default (not text in the help, where rich markup took "[default: …]" for a tag).
+    state_dir: Annotated[str, typer.Option("--state-dir", envvar="CNETCTL_STATE_DIR", metavar="DIR",
+                                           help="where state files and locks live")] = DEFAULT_STATE_DIR,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
@@ -94,10 +123,17 @@ def _progress(output: Output):  # type: ignore[no-untyped-def]
     return show
 
 
-@app.command()
+@command()
 def validate(file: FileArg, output: OutputOpt = Output.text) -> None:
     """Check a manifest (schema and cross-checks) without touching the kernel; needs no root."""
-    desired = api.validate(file)
+    try:
+        desired = api.validate(file)
+    except TopologyError as err:
+        if output is Output.json:  # the errors go to stderr as well (main), as in text mode
+            print_json({"valid": False, "topology": _declared_name(file, err),
+                        "errors": [{"file": err.file, "line": p.line, "path": p.path, "message": p.message}
+                                   for p in err.problems]})
+        raise
     if output is Output.json:
         print_json({"valid": True, "topology": desired.name, "nodes": desired.nodes,
                     "resources": len(desired.resources), "checks": len(desired.topology.checks)})
@@ -106,14 +142,28 @@ def validate(file: FileArg, output: OutputOpt = Output.text) -> None:
                       f"{len(desired.resources)} kernel resources, {len(desired.topology.checks)} checks)")
 
 
-@app.command()
+def _declared_name(file: str, err: TopologyError) -> str | None:
+    """The topology name an invalid manifest declares, when that much of it is sound."""
+    if any(p.path == "name" for p in err.problems):
+        return None
+    from .load import parse_yaml, read_manifest_text
+    from .model.topology import TOPOLOGY_NAME_RE
+    try:
+        data = parse_yaml(read_manifest_text(file), file).data
+    except CnetctlError:
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and re.fullmatch(TOPOLOGY_NAME_RE, name) else None
+
+
+@command()
 def schema() -> None:
     """Print the JSON Schema of the manifest."""
     from .model.topology import Topology
     print_json(Topology.model_json_schema(by_alias=True))
 
 
-@app.command()
+@command()
 def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
     """Show what apply would create (+), change (~) and delete (-), touching nothing."""
     desired, the_plan = api.plan_file(file, Opts.state_dir, _backend(nat_backend))
@@ -124,7 +174,7 @@ def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt
         print_plan(the_plan, desired.name)
 
 
-@app.command()
+@command()
 def apply(file: FileArg, output: OutputOpt = Output.text,
           no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the checks after applying")] = False,
           lock_timeout: LockOpt = 30.0, nat_backend: BackendOpt = None) -> None:
@@ -156,7 +206,7 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
     """Run the manifest's checks (real pings, kernel route lookups) and the read-back against what is live."""
     report = api.verify(file, Opts.state_dir, _backend(nat_backend))
@@ -168,7 +218,7 @@ def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendO
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming the topology", show_default=False)]
             = None,
             name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
@@ -198,7 +248,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
         console.print(f"topology {name}: destroyed ({len(the_plan.actions)} operations)")
 
 
-@app.command()
+@command()
 def status(name: Annotated[str | None, typer.Argument(help="one topology (default: all)", show_default=False)]
            = None, output: OutputOpt = Output.text) -> None:
     """List applied topologies and their namespaces and links, read from the kernel."""
@@ -209,7 +259,7 @@ def status(name: Annotated[str | None, typer.Argument(help="one topology (defaul
         print_status(items)
 
 
-@app.command(name="exec", context_settings={"allow_interspersed_args": False})
+@command(name="exec", context_settings={"allow_interspersed_args": False})
 def exec_(name: Annotated[str, typer.Argument(help="topology name")],
           node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
           command: Annotated[list[str], typer.Argument(help="the command, after --", show_default=False)]) -> None:
@@ -221,7 +271,7 @@ def exec_(name: Annotated[str, typer.Argument(help="topology name")],
     api.exec_in_node(name, node, command, Opts.state_dir)
 
 
-@app.command()
+@command()
 def explain(name: Annotated[str, typer.Argument(help="topology name")],
             node: Annotated[str, typer.Argument(help="node name (host = where cnetctl runs)")],
             to: Annotated[str, typer.Option("--to", help="destination address", show_default=False)],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -18,7 +18,7 @@ from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
-from .kernel.netns import Sockets, is_stale_mountpoint, list_netns
+from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
 from .model.resources import Address, ForwardAccept, Key, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from .normalize import DesiredState
@@ -80,7 +80,7 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
     live_links: dict[str | None, list[klinks.LiveLink]] = {}
     for ns in [None, *owned]:
         live_links[ns] = _observe_ns(cur, sockets.get(ns), ns, scope)
-    _pair_veths(cur, live_links, wanted)
+    _pair_veths(cur, live_links, sockets)
     _observe_sysctls(cur, state, wanted, owned)
     return cur
 
@@ -282,28 +282,29 @@ def _overlap_conflicts(cur: CurrentState, live: list[klinks.LiveLink], scope: _S
             cur.conflicts.append(f"address {a.cidr} on {a.ifname} in host: its subnet {net} overlaps {who}")
 
 
-def _pair_veths(cur: CurrentState, live: dict[str | None, list[klinks.LiveLink]],
-                wanted: dict[tuple[object, ...], Resource]) -> None:
-    """Fill peer_ns/peer_ifname of owned veth ends whose peer is another owned end.
+def _pair_veths(cur: CurrentState, live: dict[str | None, list[klinks.LiveLink]], sockets: Sockets) -> None:
+    """Fill peer_ns/peer_ifname of owned veth ends from the kernel's own pointers.
 
-    ifindexes are per namespace, so two candidates can match; the desired pairing
-    breaks the tie (an index match both ways plus the right names is conclusive)."""
-    veths = [(ns, link) for ns, ls in live.items() for link in ls
-             if link.kind == "veth" and any(r for r in cur.resources
-                                            if isinstance(r, Link) and r.ns == ns and r.ifname == link.ifname)]
-    out = []
+    ifindexes are per namespace (two ends in fresh namespaces are often both 2), so the
+    index alone is ambiguous: IFLA_LINK_NETNSID says which namespace the peer index is in,
+    by the id the end's namespace gives it, and RTM_GETNSID asked in that namespace maps
+    ids to the namespaces observed here. A peer outside them stays unknown (None)."""
+    paths = {ns: ("/proc/self/ns/net" if ns is None else netns_path(ns)) for ns in live}
+    ids: dict[str | None, dict[int, str | None]] = {}
+    by_index = {ns: {link.index: link for link in links} for ns, links in live.items()}
+    by_name = {ns: {link.ifname: link for link in links} for ns, links in live.items()}
+    out: list[Resource] = []
     for r in cur.resources:
-        if isinstance(r, Link) and r.kind == "veth":
-            me = next(link for ns, link in veths if ns == r.ns and link.ifname == r.ifname)
-            peers = [(ns, link) for ns, link in veths
-                     if (ns, link.ifname) != (r.ns, r.ifname) and link.index == me.peer_index
-                     and link.peer_index == me.index]
-            want = wanted.get(r.key)
-            if len(peers) > 1 and isinstance(want, Link):
-                peers = [(ns, link) for ns, link in peers if (ns, link.ifname) == (want.peer_ns, want.peer_ifname)]
-            if len(peers) == 1:
-                r = Link(r.ns, r.ifname, r.kind, peers[0][0], peers[0][1].ifname, r.mtu, r.master, r.up)
-            else:
-                r = Link(r.ns, r.ifname, r.kind, None, "?", r.mtu, r.master, r.up)
+        me = by_name.get(r.ns, {}).get(r.ifname) if isinstance(r, Link) and r.kind == "veth" else None
+        if isinstance(r, Link) and me is not None:
+            peer_ns: str | None = r.ns
+            known = True
+            if me.peer_netnsid is not None:
+                if r.ns not in ids:
+                    ids[r.ns] = klinks.netns_ids(sockets.get(r.ns), {k: v for k, v in paths.items() if k != r.ns})
+                known = me.peer_netnsid in ids[r.ns]
+                peer_ns = ids[r.ns].get(me.peer_netnsid)
+            peer = by_index.get(peer_ns, {}).get(me.peer_index or 0) if known else None
+            r = replace(r, peer_ns=peer_ns if peer else None, peer_ifname=peer.ifname if peer else None)
         out.append(r)
     cur.resources = out

@@ -69,25 +69,51 @@ def print_report(report: VerifyReport) -> None:
 
 
 def print_status(items: list[Any]) -> None:
+    """Plain lines, never a table: names must survive a narrow terminal or a pipe uncut."""
     if not items:
         console.print("no topologies applied")
         return
     for st in items:
-        data = st.to_json()
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["applied_at"])) if data["applied_at"] else "-"
-        console.print(f"[bold]{data['name']}[/]  applied {when}  state file: {'yes' if data['state_file'] else 'no'}"
-                      + (f"  manifest: {data['manifest']}" if data["manifest"] else ""))
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items()))
-        console.print(f"  resources: {counts or 'none'}")
-        table = Table(show_header=True, box=None, pad_edge=False)
-        for col in ("netns", "interface", "kind", "master", "mtu", "state", "peer"):
-            table.add_column(col)
-        for link in data["links"]:
-            peer = link["peer"]
-            table.add_row(link["netns"] or "host", link["ifname"], link["kind"], link["master"] or "",
-                          str(link["mtu"]), "up" if link["up"] else "down",
-                          f"{peer['ifname']}@{peer['netns'] or 'host'}" if peer else "")
-        if data["namespaces"]:
-            console.print("  namespaces: " + ", ".join(data["namespaces"]))
-        if data["links"]:
-            console.print(table)
+        for line in status_lines(st.to_json()):
+            console.print(line, markup=False, soft_wrap=True, overflow="ignore", crop=False)
+
+
+def status_lines(data: dict[str, Any]) -> list[str]:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["applied_at"])) if data["applied_at"] else "-"
+    lines = [f"{data['name']}  applied {when}  state file: {'yes' if data['state_file'] else 'no'}"
+             + (f"  manifest: {data['manifest']}" if data["manifest"] else "")]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items()))
+    lines.append(f"  resources: {counts or 'none'}")
+    for node in data["by_node"]:
+        name = f"node {node['node']}" if node["node"] else "node unknown (no state file)"
+        where = "host namespace" if node["netns"] is None else f"netns {node['netns']}"
+        lines.append(f"  {name}  {where}" + ("" if node["live"] else "  (missing)"))
+        for link in node["interfaces"]:
+            lines.append("    " + _interface_text(link))
+        for route in node["routes"]:
+            lines.append("    " + _route_text(route))
+    return lines
+
+
+def _interface_text(link: dict[str, Any]) -> str:
+    parts = [link["ifname"]]
+    if link["kind"]:
+        parts += [link["kind"], "up" if link["up"] else "down", f"mtu {link['mtu']}"]
+    if link["master"]:
+        parts.append(f"master {link['master']}")
+    peer = link["peer"]
+    if peer:
+        parts.append(f"peer {peer['ifname']}@{peer['netns'] or 'host'}" if peer["ifname"] else "peer unknown")
+    return "  ".join(parts + list(link["addresses"]))
+
+
+def _route_text(route: dict[str, Any]) -> str:
+    parts = ["route"] + ([] if route["type"] == "unicast" else [route["type"]]) + [route["to"]]
+    for key in ("via", "dev", "src"):
+        if route[key]:
+            parts += [key, str(route[key])]
+    if route["table"] != 254:
+        parts += ["table", str(route["table"])]
+    if route["metric"]:
+        parts += ["metric", str(route["metric"])]
+    return " ".join(parts)

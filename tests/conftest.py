@@ -9,6 +9,9 @@ and the unit tests still run.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +44,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "kernel" in item.keywords:
             item.add_marker(skip)
+
+
+def unprivileged_prefix() -> tuple[str, ...]:
+    """A command prefix that runs `python -m cnetctl` from this checkout without root's powers.
+
+    As user nobody when nobody can read the checkout; otherwise (the common case of a root
+    user's clone under /root, mode 700) as the checkout's owner with every capability
+    dropped: uid 0 without CAP_DAC_OVERRIDE is refused what file modes refuse, and cnetctl
+    sees no CAP_NET_ADMIN. Skips when neither can import this checkout's package."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop privileges")
+    nobody = pwd.getpwnam("nobody")
+    owner = os.stat(ROOT)
+    drop = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all")
+    tried = []
+    for uid, gid in ((nobody.pw_uid, nobody.pw_gid), (owner.st_uid, owner.st_gid)):
+        prefix = (setpriv, f"--reuid={uid}", f"--regid={gid}", *drop)
+        # The package must come from this checkout, not from wherever the venv's own install points.
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import cnetctl.cli; print(cnetctl.__file__)"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0 and Path(probe.stdout.strip()).resolve().is_relative_to(ROOT):
+            return prefix
+        tried.append(f"uid {uid}: {(probe.stderr.strip() or probe.stdout.strip())[-200:]}")
+    pytest.skip("cannot run cnetctl from this checkout without privileges: " + "; ".join(tried))

@@ -132,6 +132,11 @@ class Kernel:
                     raise
         elif res.kind == "veth":
             if links.find_link(ipr, res.ifname) is None:
+                if not res.peer_ifname or res.peer_ifname == "?":
+                    # A veth is created with its peer: without the peer's name the kernel would
+                    # invent one (or, with "?", create an interface named "?").
+                    raise KernelError(f"create {res.describe()}: the peer of this veth is unknown; "
+                                      "refusing to create it")
                 # Create from the host side when one end is there: net_ns_fd names a netns path.
                 if res.ns is not None and res.peer_ns is None:
                     peer_ipr = self.sockets.get(None)
@@ -139,8 +144,10 @@ class Kernel:
                 else:
                     links.create_veth(ipr, res.ifname, res.peer_ifname or "",
                                       netns_path(res.peer_ns) if res.peer_ns is not None else None)
-                # Label the peer at once: a crash now must leave both ends findable.
-                links.configure_link(self.sockets.get(res.peer_ns), res.peer_ifname or "", alias=self.label)
+                # Label the peer at once: a crash now must leave both ends findable. Owned veth
+                # ends are always up; the peer is brought up here too because a rollback may
+                # re-create a pair from one end's record only (its delete took the peer along).
+                links.configure_link(self.sockets.get(res.peer_ns), res.peer_ifname, alias=self.label, up=True)
             elif not self._ours(res.ns, res.ifname):
                 raise KernelError(f"interface {res.ifname} exists in {res.ns or 'host'} and is not owned by "
                                   f"topology {self.topology}")

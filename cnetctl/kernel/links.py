@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from ..errors import KernelError
 from .netns import is_errno
 
 IFF_UP = 0x1
+NSID_NOT_ASSIGNED = (-1, 0xFFFFFFFF)  # NETNSA_NSID_NOT_ASSIGNED, signed or not
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,13 @@ class LiveLink:
     master: int | None      # ifindex of the master, same namespace
     up: bool
     peer_index: int | None  # IFLA_LINK: for a veth, the peer's ifindex in the peer's namespace
+    # IFLA_LINK_NETNSID: the peer's namespace, by the id this link's namespace gives it (see
+    # netns_ids); None when the peer is in this link's own namespace.
+    peer_netnsid: int | None = None
 
 
 def _live_link(msg: Any) -> LiveLink:
+    nsid = msg.get("link_netnsid")
     return LiveLink(
         index=msg["index"],
         ifname=msg.get("ifname"),
@@ -39,11 +45,34 @@ def _live_link(msg: Any) -> LiveLink:
         master=msg.get("master") or None,
         up=bool(msg["flags"] & IFF_UP),
         peer_index=msg.get("link"),
+        peer_netnsid=None if nsid is None or nsid in NSID_NOT_ASSIGNED else nsid,
     )
 
 
 def dump_links(ipr: IPRoute) -> list[LiveLink]:
     return [_live_link(msg) for msg in ipr.link("dump")]
+
+
+def netns_ids(ipr: IPRoute, paths: dict[str | None, str]) -> dict[int, str | None]:
+    """nsid -> namespace, as the namespace of `ipr` numbers the namespaces given as name -> path
+    (RTM_GETNSID with NETNSA_FD, like `ip netns list-id`). A link dump has assigned an id to every
+    namespace one of its links points into; a namespace without an id is left out."""
+    out: dict[int, str | None] = {}
+    for name, path in paths.items():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            reply = ipr.get_netnsid(fd=fd)
+        except NetlinkError:
+            reply = None
+        finally:
+            os.close(fd)
+        nsid = reply.get("nsid") if reply else None
+        if nsid is not None and nsid not in NSID_NOT_ASSIGNED:
+            out[nsid] = name
+    return out
 
 
 def find_link(ipr: IPRoute, ifname: str) -> LiveLink | None:

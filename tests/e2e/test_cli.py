@@ -9,19 +9,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import unprivileged_prefix
 from tests.kernel.conftest import MANIFESTS, ROOT, cnetctl, ip, netns_list
 
 QUICK = str(MANIFESTS / "quickstart.yaml")
 
 
 def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
-    setpriv = shutil.which("setpriv")
-    if not setpriv:
-        pytest.skip("setpriv (util-linux) is not installed")
-    return subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
-                           sys.executable, "-m", "cnetctl", *args], capture_output=True, text=True, cwd="/")
+    """cnetctl without root's powers: as nobody, or as the checkout's owner without capabilities."""
+    return subprocess.run([*unprivileged_prefix(), sys.executable, "-m", "cnetctl", *args], capture_output=True,
+                          text=True, cwd=ROOT)
 
 
 def test_not_root_exits_4_before_touching_anything():

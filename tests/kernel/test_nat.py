@@ -92,7 +92,7 @@ def test_masquerade_and_published_port(backend, clean_world, firewall_snapshot):
     else:
         saved = legacy_save()
         assert '-A POSTROUTING -m comment --comment "cnetctl:docker" -j CNET-DOCKER-POST' in saved
-        assert re.search(r"-A CNET-DOCKER-POST -s 10\.17\.0\.0/24 ! -o docker0 .*-j MASQUERADE", saved)
+        assert re.search(r"-A CNET-DOCKER-POST -s 10\.17\.0\.0/24 ! -o cdocker0 .*-j MASQUERADE", saved)
         assert re.search(r"-A CNET-DOCKER-PRE -d 10\.200\.0\.1/32 -p tcp .*--dport 8080 .*--to-destination "
                          r"10\.17\.0\.2:80", saved)
         assert "cnetctl-docker" not in nft_ruleset()

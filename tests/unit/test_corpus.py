@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unprivileged_prefix
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus" / "bad"
 CASES = sorted(CORPUS.glob("*.yaml"))
@@ -206,19 +208,8 @@ def test_not_utf8(scratch: Path) -> None:
 
 
 def _as_nobody() -> tuple[str, ...]:
-    """A command prefix running as an unprivileged user (root reads any file, whatever its mode)."""
-    if os.geteuid() != 0:
-        return ()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop privileges to test "
-                    "an unreadable file")
-    prefix = (setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups")
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import cnetctl.cli"], cwd=ROOT, env=_env(),
-                           capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"user nobody cannot run cnetctl from this checkout/venv: {probe.stderr.strip()[-200:]}")
-    return prefix
+    """A command prefix running without root's powers (root reads any file, whatever its mode)."""
+    return unprivileged_prefix()
 
 
 def test_unreadable_file(scratch: Path) -> None:
