@@ -188,7 +188,8 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
     """Remove everything topology `name` owns, found by its labels and state file."""
     require_root()
     directory = state_dir(directory)
-    with TopologyLock(name, directory, lock_timeout), host_lock(directory, lock_timeout), Sockets() as sockets:
+    lock = TopologyLock(name, directory, lock_timeout)
+    with lock, host_lock(directory, lock_timeout), Sockets() as sockets:
         st = State.load(name, directory)
         current = observe(name, st, sockets)
         the_plan = plan([], current.resources, collapse_netns=True)
@@ -201,6 +202,7 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
             st.forget_netns(ns)
         _wait_until_gone(name, st, sockets, kernel)
         st.remove()
+        lock.remove_on_exit = True   # nothing is left to lock: no <name>.lock stays behind
         return the_plan
 
 

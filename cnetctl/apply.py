@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import IO
 
-from .errors import Interrupted, KernelError
+from .errors import ConflictError, Interrupted, KernelError
 from .kernel import Kernel
 from .kernel.netns import signals_deferred
 from .plan import Action, Plan
+from .statecheck import check_journal_entry, read_private_bytes
 
 # Test hooks (like CNI's debugPostIPAMError): fail, or SIGKILL this process, right
 # before the N-th kernel operation (1-based).
@@ -31,7 +35,28 @@ class Journal:
 
     def __init__(self, path: str | None):
         self.path = path
-        self.fh = open(path, "w") if path else None  # noqa: SIM115 - closed in close()
+        self.fh: IO[str] | None = self._open(path) if path else None
+
+    @staticmethod
+    def _open(path: str) -> IO[str]:
+        """Opened without following a symlink (root writing through a link planted in the state
+        directory would overwrite any file), never inherited by a child, readable by root only."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ConflictError(f"journal {path} is a symbolic link; cnetctl does not follow links in its "
+                                    "state directory: remove it (nothing was changed)") from None
+            raise ConflictError(f"cannot write the journal {path}: {err.strerror or err} (nothing was "
+                                "changed)") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ConflictError(f"journal {path} is not a regular file: remove it (nothing was changed)")
+        os.fchmod(fd, 0o600)   # a file that was there before keeps its mode through O_CREAT
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "w")
 
     def write(self, entry: dict[str, object]) -> None:
         if self.fh:
@@ -48,17 +73,23 @@ class Journal:
 
 
 def interrupted_run(path: str) -> str | None:
-    """What an earlier run left in its journal, if it did not finish."""
-    try:
-        with open(path) as fh:
-            entries = [json.loads(line) for line in fh if line.strip()]
-    except (OSError, ValueError):
+    """What an earlier run left in its journal, if it did not finish. Only a hint: a journal
+    that cannot be read, or lines of the wrong shape, are passed over."""
+    raw, _ = read_private_bytes(path)
+    if raw is None:
         return None
-    started = [e for e in entries if "start" in e]
+    started = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            entry = check_journal_entry(json.loads(line))
+        except (ValueError, RecursionError):
+            continue
+        if entry is not None:
+            started.append(entry)
     if not started:
         return None
-    last = started[-1]
-    return f"step {last['start']} ({last['text']})"
+    step, text = started[-1]
+    return f"step {step} ({text})"
 
 
 class InjectedFault(KernelError):

@@ -1,28 +1,38 @@
 """Topology -> DesiredState: defaults, generated names, references, cross-checks.
 
 Pure: no kernel access. Every problem found is collected, then raised once,
-so a user sees all of them in one run.
+so a user sees all of them in one run. A wrong reference (an unknown node) is
+the root cause of whatever cannot be resolved through it: it is reported first,
+and the checks that would only repeat it (an interface "not a link end", a
+gateway "not on a connected subnet") look at what the manifest declares, not
+at what could be resolved. Every stage is linear in the size of the manifest.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Problem
+from .errors import Problem, TopologyError
 from .load import PathPart, Source
 from .model.natspec import NatSpec, canonical_order
 from .model.resources import Address, Link, Nat, Netns, Resource, Route, Rule, Sysctl
-from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, Topology
+from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, RouteSpec, Topology, canonical_sysctl
 
 HOST = "host"
 DEFAULT_RULE_PRIORITY = 32000
 RT_SCOPE_LINK = 253
+DEFAULT_MTU = 1500
+IPV6_MIN_MTU = 1280      # the kernel turns IPv6 off on a device below this (and refuses its addresses)
+LIST_NODES_UP_TO = 10    # an unknown-node error lists the declared nodes up to this many
+CLOSE_MATCHES_FOR = 50   # unknown names that get "did you mean" (difflib is O(nodes) per name)
 
 Endpoint = tuple[str, str]
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass
@@ -34,6 +44,7 @@ class DesiredState:
     addresses: dict[Endpoint, list[str]] = field(default_factory=dict)  # (node, ifname) -> CIDRs
     nat_backend: str = "auto"
     warnings: list[str] = field(default_factory=list)
+    _by_node: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def subnets(self) -> tuple[str, ...]:
         """Every network the topology's addresses live in (for forward-accept rules)."""
@@ -48,7 +59,11 @@ class DesiredState:
         return self.nodes[node]
 
     def node_addresses(self, node: str) -> list[str]:
-        return [a for (n, _), cidrs in self.addresses.items() if n == node for a in cidrs]
+        if self._by_node is None:   # one pass, not one scan of every address per node
+            self._by_node = {}
+            for (n, _), cidrs in self.addresses.items():
+                self._by_node.setdefault(n, []).extend(cidrs)
+        return list(self._by_node.get(node, []))
 
 
 @dataclass(frozen=True)
@@ -103,208 +118,376 @@ def normalize_sysctl_value(value: Any) -> str:
 
 
 class _Collector:
+    """Problems, root causes (wrong references) apart: they are reported first."""
+
     def __init__(self, src: Source):
         self.src = src
         self.problems: list[Problem] = []
+        self.roots: list[Problem] = []
 
-    def add(self, path: tuple[PathPart, ...], message: str) -> None:
-        self.problems.append(self.src.problem(path, message))
+    def add(self, path: tuple[PathPart, ...], message: str, root: bool = False) -> None:
+        (self.roots if root else self.problems).append(self.src.problem(path, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.problems or self.roots)
+
+    def error(self) -> TopologyError:
+        def order(ps: list[Problem]) -> list[Problem]:
+            return sorted(ps, key=lambda p: (p.line or 0, p.path))
+        return TopologyError(self.src.file, order(self.roots) + order(self.problems))
+
+
+class _Names:
+    """Unknown-node messages: the declared nodes when they are few, else a few close matches
+    and the count (10,000 names in one error line help nobody)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.asked: dict[str, list[str]] = {}
+
+    def close(self, name: str) -> list[str]:
+        if name not in self.asked:
+            if len(self.asked) >= CLOSE_MATCHES_FOR:
+                return []
+            self.asked[name] = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
+        return self.asked[name]
+
+    def unknown(self, name: str, meant: str | None = None) -> str:
+        if len(self.names) <= LIST_NODES_UP_TO:
+            hint = f"did you mean {meant!r}? " if meant else ""
+            return f"unknown node {name!r} ({hint}declared nodes: {', '.join(self.names)})"
+        close = [meant] if meant else self.close(name)
+        names = [repr(c) for c in close]
+        hint = f"did you mean {', '.join(names[:-1]) + ' or ' if len(names) > 1 else ''}{names[-1]}? " if names else ""
+        return f"unknown node {name!r} ({hint}{len(self.names)} nodes are declared)"
 
 
 def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None = None) -> DesiredState:
     """nat_backend overrides settings.nat_backend; "auto" is resolved from the host's iptables."""
-    src = src or Source("<manifest>")
-    err = _Collector(src)
-    name = topo.name
+    return _Normalizer(topo, src or Source("<manifest>")).run(nat_backend)
 
-    nodes: dict[str, str | None] = {}
-    seen_ns: dict[str, str] = {}
-    for node, spec in topo.nodes.items():
-        if node == HOST and spec.netns:
-            err.add(("nodes", HOST, "netns"), "the host node is the namespace cnetctl runs in; it takes no netns")
-        ns = netns_name(name, node, spec)
-        nodes[node] = ns
-        if ns is not None:
-            if ns in seen_ns:
-                err.add(("nodes", node), f"netns {ns!r} is already used by node {seen_ns[ns]!r}")
-            seen_ns[ns] = node
 
-    # --- links ----------------------------------------------------------------------------
-    # A link end naming a bridge of its node plugs a generated veth into that bridge
-    # (any number of links may); any other end is a veth of that name, used once.
-    used: dict[Endpoint, int] = {}     # end -> index of the link that uses it
-    mentioned: set[Endpoint] = set()   # every end named by a link, even one rejected below
-    pairs: list[tuple[_End, _End]] = []
-    for i, (a, b) in enumerate(topo.links):
-        ok = True
-        parsed = []
-        for j, end in enumerate((a, b)):
-            node, ifname = end.split(":", 1)
-            mentioned.add((node, ifname))
-            path: tuple[PathPart, ...] = ("links", i, j)
-            if node not in topo.nodes:
-                err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
+class _Normalizer:
+    def __init__(self, topo: Topology, src: Source):
+        self.topo, self.src, self.name = topo, src, topo.name
+        self.err = _Collector(src)
+        self.names = _Names(list(topo.nodes))
+        self.nodes: dict[str, str | None] = {}
+        self.used: dict[Endpoint, int] = {}      # veth end -> index of the link that uses it
+        self.mentioned: set[Endpoint] = set()    # every end a link names (or meant), even a rejected one
+        self.pairs: list[tuple[_End, _End]] = []
+        self.resources: list[Resource] = []
+        self.interfaces: dict[Endpoint, str] = {}
+        self.addresses: dict[Endpoint, list[str]] = {}
+        self.end_mtu: dict[Endpoint, tuple[int, str]] = {}   # (node, kernel ifname) -> (mtu, where it comes from)
+        self.ports: dict[Endpoint, list[_End]] = {}          # (node, bridge) -> its generated ports
+        # What the manifest declares per node, resolvable or not: the cross-checks use this.
+        self.declared_ifs: dict[str, set[str]] = {}
+        self.declared_nets: dict[str, list[Net]] = {}
+        self.declared_ips: dict[str, set[str]] = {}
+
+    def run(self, nat_backend: str | None) -> DesiredState:
+        self.namespaces()
+        self.links()
+        self.declared()
+        self.bridges_and_interfaces()
+        self.veths()
+        self.all_addresses()
+        self.sysctls()
+        for node, spec in self.topo.nodes.items():
+            self.routes(node, spec)
+            self.rules(node, spec)
+        state = DesiredState(self.topo, self.nodes, self.resources, self.interfaces, self.addresses)
+        self.checks(state)
+        state.nat_backend = self.nat(nat_backend)
+        if self.err:
+            raise self.err.error()
+        return state
+
+    # --- nodes and links ----------------------------------------------------------------------
+    def namespaces(self) -> None:
+        seen_ns: dict[str, str] = {}
+        for node, spec in self.topo.nodes.items():
+            if node == HOST and spec.netns:
+                self.err.add(("nodes", HOST, "netns"),
+                             "the host node is the namespace cnetctl runs in; it takes no netns")
+            ns = netns_name(self.name, node, spec)
+            self.nodes[node] = ns
+            if ns is not None:
+                if ns in seen_ns:
+                    self.err.add(("nodes", node), f"netns {ns!r} is already used by node {seen_ns[ns]!r}")
+                seen_ns[ns] = node
+
+    def links(self) -> None:
+        """A link end naming a bridge of its node plugs a generated veth into that bridge (any
+        number of links may); any other end is a veth of that name, used once."""
+        unknown: list[tuple[tuple[PathPart, ...], str, str]] = []
+        for i, (a, b) in enumerate(self.topo.links):
+            ok = True
+            parsed = []
+            for j, end in enumerate((a, b)):
+                node, ifname = end.split(":", 1)
+                self.mentioned.add((node, ifname))
+                problem = self.end_problem(node, ifname, end)
+                if problem == "unknown":
+                    unknown.append((("links", i, j), node, ifname))
+                elif problem:
+                    self.err.add(("links", i, j), problem)
+                ok = ok and not problem
+                parsed.append((node, ifname))
+            if a == b:
+                self.err.add(("links", i), "a link cannot connect an interface to itself")
                 ok = False
-            elif ifname == "lo":
-                err.add(path, "'lo' cannot be a link end")
-                ok = False
-            elif ifname not in topo.nodes[node].bridges and (node, ifname) in used:
-                err.add(path, f"link end {end} is already used by links[{used[(node, ifname)]}] (a veth end "
-                              "belongs to one link; plug several links into a bridge instead)")
-                ok = False
-            parsed.append((node, ifname))
-        if a == b:
-            err.add(("links", i), "a link cannot connect an interface to itself")
-            ok = False
-        if not ok:
-            continue
+            if ok:
+                self.pairs.append(self.resolve_pair(i, parsed[0], parsed[1]))
+        for path, node, ifname in unknown:
+            meant = self.meant(node, ifname)
+            if meant:
+                self.mentioned.add((meant, ifname))
+            self.err.add(path, self.names.unknown(node, meant), root=True)
+
+    def end_problem(self, node: str, ifname: str, end: str) -> str | None:
+        if node not in self.topo.nodes:
+            return "unknown"
+        if ifname == "lo":
+            return "'lo' cannot be a link end"
+        if ifname not in self.topo.nodes[node].bridges and (node, ifname) in self.used:
+            return (f"link end {end} is already used by links[{self.used[(node, ifname)]}] (a veth end "
+                    "belongs to one link; plug several links into a bridge instead)")
+        return None
+
+    def meant(self, node: str, ifname: str) -> str | None:
+        """The one declared node close to the unknown `node` that declares `ifname` and no link
+        names: the link surely meant it (its "not a link end" error would only repeat this one)."""
+        fits = [n for n in self.names.close(node)
+                if ifname in self.topo.nodes[n].interfaces and (n, ifname) not in self.mentioned]
+        return fits[0] if len(fits) == 1 else None
+
+    def resolve_pair(self, i: int, a: Endpoint, b: Endpoint) -> tuple[_End, _End]:
         resolved = []
-        for (node, ifname), (pnode, pif) in ((parsed[0], parsed[1]), (parsed[1], parsed[0])):
-            if ifname in topo.nodes[node].bridges:
-                resolved.append(_End(node, generated_ifname(name, node, f"{ifname}/{pnode}/{pif}"), ifname, ifname))
+        for (node, ifname), (pnode, pif) in ((a, b), (b, a)):
+            if ifname in self.topo.nodes[node].bridges:
+                port = generated_ifname(self.name, node, f"{ifname}/{pnode}/{pif}")
+                resolved.append(_End(node, port, ifname, ifname))
             else:
-                used[(node, ifname)] = i
+                self.used[(node, ifname)] = i
                 resolved.append(_End(node, ifname, ifname, None))
-        pairs.append((resolved[0], resolved[1]))
+        return resolved[0], resolved[1]
 
-    resources: list[Resource] = []
-    interfaces: dict[Endpoint, str] = {}
-    addresses: dict[Endpoint, list[str]] = {}
+    def declared(self) -> None:
+        for node, spec in self.topo.nodes.items():
+            ifs = self.declared_ifs.setdefault(node, {"lo"})
+            nets = self.declared_nets.setdefault(node, [])
+            ips = self.declared_ips.setdefault(node, set())
+            for ifname, cidrs in [*((b, s.addresses) for b, s in spec.bridges.items()),
+                                  *((i, s.addresses) for i, s in spec.interfaces.items())]:
+                ifs.add(ifname)
+                for cidr in cidrs:
+                    iface = ipaddress.ip_interface(cidr)
+                    nets.append(iface.network)
+                    ips.add(str(iface.ip))
+        for node, ifname in self.mentioned:
+            if node in self.declared_ifs:
+                self.declared_ifs[node].add(ifname)
 
-    for node, ns in nodes.items():
-        if ns is not None:
-            resources.append(Netns(ns))
-            resources.append(Link(ns, "lo", "lo"))
-            interfaces[(node, "lo")] = "lo"
+    # --- interfaces ---------------------------------------------------------------------------
+    def bridges_and_interfaces(self) -> None:
+        for node, ns in self.nodes.items():
+            if ns is not None:
+                self.resources += [Netns(ns), Link(ns, "lo", "lo")]
+                self.interfaces[(node, "lo")] = "lo"
+        for node, spec in self.topo.nodes.items():
+            ns = self.nodes[node]
+            for br, bspec in spec.bridges.items():
+                self.resources.append(Link(ns, br, "bridge", mtu=bspec.mtu))
+                self.interfaces[(node, br)] = br
+                if br in spec.interfaces:
+                    self.err.add(("nodes", node, "interfaces", br),
+                                 f"{br} is a bridge of this node: give its addresses under bridges.{br}")
+            for ifname, ispec in spec.interfaces.items():
+                if (node, ifname) in self.used or ifname == "lo" or ifname in spec.bridges:
+                    continue
+                if (node, ifname) in self.mentioned:
+                    continue  # its link was rejected above: that error is the one to fix
+                if node == HOST:
+                    # An existing host device: configured, never created or deleted.
+                    self.resources.append(Link(None, ifname, "device", mtu=ispec.mtu, up=None, master=None))
+                    self.interfaces[(node, ifname)] = ifname
+                    if ispec.mtu is not None:
+                        self.end_mtu[(node, ifname)] = (ispec.mtu, _mtu_path(node, "interfaces", ifname))
+                else:
+                    self.err.add(("nodes", node, "interfaces", ifname),
+                                 f"{ifname} is not a link end or bridge of node {node!r} (add it to links)")
 
-    # --- bridges and interfaces ---------------------------------------------------------------
-    for node, spec in topo.nodes.items():
-        ns = nodes[node]
-        for br, bspec in spec.bridges.items():
-            resources.append(Link(ns, br, "bridge", mtu=bspec.mtu))
-            interfaces[(node, br)] = br
-            if br in spec.interfaces:
-                err.add(("nodes", node, "interfaces", br),
-                        f"{br} is a bridge of this node: give its addresses under bridges.{br}")
-        for ifname, ispec in spec.interfaces.items():
-            if (node, ifname) in used or ifname == "lo" or ifname in spec.bridges:
-                continue
-            if (node, ifname) in mentioned:
-                continue  # its link was rejected above: that error is the one to fix
-            if node == HOST:
-                # An existing host device: configured, never created or deleted.
-                resources.append(Link(None, ifname, "device", mtu=ispec.mtu, up=None, master=None))
-                interfaces[(node, ifname)] = ifname
-            else:
-                err.add(("nodes", node, "interfaces", ifname),
-                        f"{ifname} is not a link end or bridge of node {node!r} (add it to links)")
+    def pair_mtu(self, a: _End, b: _End) -> tuple[int | None, str]:
+        """One MTU for both ends of a veth pair (a pair whose ends differ drops what the smaller
+        end cannot take): an end's own mtu, else its peer's, else the bridge's it is plugged into."""
+        for end in (a, b):
+            spec = self.topo.nodes[end.node]
+            if end.master is None and end.logical in spec.interfaces and spec.interfaces[end.logical].mtu:
+                return spec.interfaces[end.logical].mtu, _mtu_path(end.node, "interfaces", end.logical)
+        for end in (a, b):
+            if end.master is not None and self.topo.nodes[end.node].bridges[end.master].mtu:
+                return self.topo.nodes[end.node].bridges[end.master].mtu, _mtu_path(end.node, "bridges", end.master)
+        return None, ""
 
-    # --- veth pairs -----------------------------------------------------------------------------
-    for a_end, b_end in pairs:
-        for me, peer in ((a_end, b_end), (b_end, a_end)):
-            spec = topo.nodes[me.node]
-            if me.master is None:
-                mtu = spec.interfaces[me.logical].mtu if me.logical in spec.interfaces else None
-                interfaces[(me.node, me.logical)] = me.ifname
-            else:
-                # A bridge port follows the MTU of the container end, else the bridge's.
-                peer_spec = topo.nodes[peer.node].interfaces.get(peer.logical) if peer.master is None else None
-                mtu = peer_spec.mtu if peer_spec and peer_spec.mtu else spec.bridges[me.master].mtu
-            resources.append(Link(nodes[me.node], me.ifname, "veth", peer_ns=nodes[peer.node],
-                                  peer_ifname=peer.ifname, mtu=mtu, master=me.master))
+    def veths(self) -> None:
+        for a_end, b_end in self.pairs:
+            mtu, where = self.pair_mtu(a_end, b_end)
+            for me, peer in ((a_end, b_end), (b_end, a_end)):
+                if me.master is None:
+                    self.interfaces[(me.node, me.logical)] = me.ifname
+                if mtu is not None:
+                    self.end_mtu[(me.node, me.ifname)] = (mtu, where)
+                self.resources.append(Link(self.nodes[me.node], me.ifname, "veth", peer_ns=self.nodes[peer.node],
+                                           peer_ifname=peer.ifname, mtu=mtu, master=me.master))
+
+    def device_mtu(self, node: str, ifname: str) -> tuple[int, str] | None:
+        """The MTU device `ifname` of `node` will have (None: unknown, a host device left as it is).
+        A bridge without its own mtu follows its smallest port, as the kernel makes it."""
+        spec = self.topo.nodes[node]
+        if ifname in spec.bridges:
+            own = spec.bridges[ifname].mtu
+            if own:
+                return own, _mtu_path(node, "bridges", ifname)
+            ports = [self.end_mtu.get((node, link.ifname)) for link in self.ports.get((node, ifname), [])]
+            known = [p for p in ports if p is not None]
+            return min(known) if known else (DEFAULT_MTU, "")
+        return self.end_mtu.get((node, self.interfaces.get((node, ifname), ifname)))
 
     # --- addresses ------------------------------------------------------------------------------
-    seen_ip: dict[str, str] = {}
-    for node, spec in topo.nodes.items():
-        ns = nodes[node]
-        declared: list[tuple[str, list[str], tuple[PathPart, ...]]] = [
-            (br, b.addresses, ("nodes", node, "bridges", br, "addresses")) for br, b in spec.bridges.items()]
-        declared += [(i, s.addresses, ("nodes", node, "interfaces", i, "addresses"))
-                     for i, s in spec.interfaces.items() if i not in spec.bridges]
-        for ifname, cidrs, path in declared:
-            kernel_if = interfaces.get((node, ifname))
-            if ifname == "lo":
-                kernel_if = "lo"
-                interfaces[(node, "lo")] = "lo"
-                if ns is None:
-                    resources.append(Link(None, "lo", "lo", up=None))
-            if kernel_if is None:
+    def all_addresses(self) -> None:
+        for pair in self.pairs:
+            for end in pair:
+                if end.master is not None:
+                    self.ports.setdefault((end.node, end.master), []).append(end)
+        seen_ip: dict[str, str] = {}
+        for node, spec in self.topo.nodes.items():
+            declared: list[tuple[str, list[str], tuple[PathPart, ...]]] = [
+                (br, b.addresses, ("nodes", node, "bridges", br, "addresses")) for br, b in spec.bridges.items()]
+            declared += [(i, s.addresses, ("nodes", node, "interfaces", i, "addresses"))
+                         for i, s in spec.interfaces.items() if i not in spec.bridges]
+            for ifname, cidrs, path in declared:
+                self.addresses_of(node, ifname, cidrs, path, seen_ip)
+
+    def addresses_of(self, node: str, ifname: str, cidrs: list[str], path: tuple[PathPart, ...],
+                     seen_ip: dict[str, str]) -> None:
+        ns = self.nodes[node]
+        kernel_if = self.interfaces.get((node, ifname))
+        if ifname == "lo":
+            kernel_if = "lo"
+            self.interfaces[(node, "lo")] = "lo"
+            if ns is None:
+                self.resources.append(Link(None, "lo", "lo", up=None))
+        if kernel_if is None:
+            return
+        mtu = self.device_mtu(node, ifname) if ifname != "lo" else None
+        for k, cidr in enumerate(cidrs):
+            ip = cidr.split("/")[0]
+            if ip in seen_ip:
+                self.err.add((*path, k), f"address {ip} is already assigned to {seen_ip[ip]}")
                 continue
-            for k, cidr in enumerate(cidrs):
-                ip = cidr.split("/")[0]
-                if ip in seen_ip:
-                    err.add((*path, k), f"address {ip} is already assigned to {seen_ip[ip]}")
-                    continue
-                seen_ip[ip] = f"{node}:{ifname}"
-                resources.append(Address(ns, kernel_if, cidr))
-                addresses.setdefault((node, ifname), []).append(cidr)
+            seen_ip[ip] = f"{node}:{ifname}"
+            problem = _address_problem(cidr, ifname, mtu)
+            if problem:
+                self.err.add((*path, k), problem)
+                continue
+            self.resources.append(Address(ns, kernel_if, cidr))
+            self.addresses.setdefault((node, ifname), []).append(cidr)
 
     # --- sysctls --------------------------------------------------------------------------------
-    for node, spec in topo.nodes.items():
-        for key, value in spec.sysctls.items():
-            resources.append(Sysctl(nodes[node], key, normalize_sysctl_value(value)))
+    def sysctls(self) -> None:
+        for node, spec in self.topo.nodes.items():
+            seen: dict[str, str] = {}
+            for key, value in spec.sysctls.items():
+                # One spelling per key: net/ipv4/ip_forward and net.ipv4.ip_forward are one sysctl,
+                # whose original value one record keeps (shared with other topologies on host).
+                canonical = canonical_sysctl(key)
+                if canonical in seen:
+                    self.err.add(("nodes", node, "sysctls", key), f"{key!r} is the same sysctl as "
+                                 f"{seen[canonical]!r}, given above (net/ipv4/x and net.ipv4.x are one key)")
+                    continue
+                seen[canonical] = key
+                self.resources.append(Sysctl(self.nodes[node], canonical, normalize_sysctl_value(value)))
 
-    # --- routes and rules --------------------------------------------------------------------------
-    for node, spec in topo.nodes.items():
-        ns = nodes[node]
-        node_ifs = {i for (n, i) in interfaces if n == node} | {"lo"}
-        connected = [ipaddress.ip_interface(c).network for c in
-                     (c for (n, _), cs in addresses.items() if n == node for c in cs)]
-        local_ips = {c.split("/")[0] for (n, _), cs in addresses.items() if n == node for c in cs}
+    # --- routes and rules -----------------------------------------------------------------------
+    def routes(self, node: str, spec: Node) -> None:
+        ns = self.nodes[node]
         seen_routes: dict[tuple[Any, ...], int] = {}
         for k, r in enumerate(spec.routes):
-            path = ("nodes", node, "routes", k)
-            table = resolve_table(topo, r.table)
+            path: tuple[PathPart, ...] = ("nodes", node, "routes", k)
+            table = resolve_table(self.topo, r.table)
             if table is None:
-                err.add((*path, "table"), f"unknown table {r.table!r} (define it under tables:)")
+                self.err.add((*path, "table"), f"unknown table {r.table!r} (define it under tables:)")
                 continue
-            fam_sources = [x for x in ((None if r.to == "default" else r.to), r.via, r.src) if x]
-            fams = {_family(x) for x in fam_sources}
+            to = None if r.to == "default" else r.to
+            fams = {_family(x) for x in (to, r.via, r.src) if x}
             if len(fams) > 1:
-                err.add(path, _mixed_families({"to": None if r.to == "default" else r.to, "via": r.via,
-                                               "src": r.src}) or "mixes IPv4 and IPv6 addresses")
+                self.err.add(path, _mixed_families({"to": to, "via": r.via, "src": r.src})
+                             or "mixes IPv4 and IPv6 addresses")
                 continue
             family = fams.pop() if fams else socket.AF_INET
-            dst = r.to if r.to != "default" else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
-            if r.dev is not None and r.dev not in node_ifs and node != HOST:
-                err.add((*path, "dev"), f"node {node!r} has no interface {r.dev!r}")
-            kernel_dev = interfaces.get((node, r.dev), r.dev) if r.dev else None
-            if r.src is not None and r.src not in local_ips and node != HOST:
-                err.add((*path, "src"), f"{r.src} is not an address of node {node!r}")
-            if r.via is not None and not r.onlink:
-                gw = ipaddress.ip_address(r.via)
-                if gw.version == 6 and gw.is_link_local:
-                    if not r.dev:
-                        err.add((*path, "via"), "a link-local gateway needs dev")
-                elif not any(gw in net for net in connected) and node != HOST:
-                    err.add((*path, "via"), f"gateway {r.via} is not on a connected subnet of node {node!r} "
-                            "(add an address in its subnet, or set onlink: true with dev)")
-            if r.via is not None and r.via in local_ips:
-                err.add((*path, "via"), f"gateway {r.via} is an address of node {node!r} itself")
-            metric = r.metric if r.metric is not None else (1024 if family == socket.AF_INET6 else 0)
-            if r.scope is not None:
-                scope = r.scope if isinstance(r.scope, int) else SCOPES[r.scope]
-            else:
-                scope = RT_SCOPE_LINK if (r.type == "unicast" and not r.via) else 0
-            route = Route(ns, family, table, dst, metric, r.type, r.via, kernel_dev, r.src, scope,
-                          True if r.onlink else None)
+            self.route_refs(node, r, path, family)
+            route = self.route(ns, node, r, family, table)
             if route.key in seen_routes:
-                err.add(path, f"duplicates routes[{seen_routes[route.key]}] (same table, destination and metric)")
+                self.err.add(path, f"duplicates routes[{seen_routes[route.key]}] (same table, destination and "
+                                   "metric)")
                 continue
             seen_routes[route.key] = k
-            resources.append(route)
+            self.resources.append(route)
 
+    def route(self, ns: str | None, node: str, r: RouteSpec, family: int, table: int) -> Route:
+        dst = r.to if r.to != "default" else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
+        kernel_dev = self.interfaces.get((node, r.dev), r.dev) if r.dev else None
+        metric = r.metric if r.metric is not None else (1024 if family == socket.AF_INET6 else 0)
+        if r.scope is not None:
+            scope = r.scope if isinstance(r.scope, int) else SCOPES[r.scope]
+        else:
+            scope = RT_SCOPE_LINK if (r.type == "unicast" and not r.via) else 0
+        return Route(ns, family, table, dst, metric, r.type, r.via, kernel_dev, r.src, scope,
+                     True if r.onlink else None)
+
+    def route_refs(self, node: str, r: RouteSpec, path: tuple[PathPart, ...], family: int) -> None:
+        """What the route names must exist on the node, as the manifest declares it."""
+        local_ips = self.declared_ips[node]
+        if r.dev is not None and r.dev not in self.declared_ifs[node] and node != HOST:
+            self.err.add((*path, "dev"), f"node {node!r} has no interface {r.dev!r}")
+        if r.src is not None and r.src not in local_ips and node != HOST:
+            self.err.add((*path, "src"), f"{r.src} is not an address of node {node!r}")
+        if r.via is None:
+            return
+        gw = ipaddress.ip_address(r.via)
+        problem = _gateway_problem(gw, r)
+        if problem:
+            self.err.add((*path, "via"), problem)
+        elif gw.version == 6 and gw.is_link_local:
+            if not r.dev:
+                self.err.add((*path, "via"), "a link-local gateway needs dev")
+        elif not r.onlink and node != HOST:
+            on = [net for net in self.declared_nets[node] if gw in net]
+            if not on:
+                self.err.add((*path, "via"), f"gateway {r.via} is not on a connected subnet of node {node!r} "
+                             "(add an address in its subnet, or set onlink: true with dev)")
+            elif gw.version == 4 and all(net.prefixlen <= 30 and gw == net.broadcast_address for net in on):
+                self.err.add((*path, "via"), f"gateway {r.via} is the broadcast address of {on[0]} (the kernel "
+                             "refuses it: 'Nexthop has invalid gateway')")
+        if r.via in local_ips:
+            self.err.add((*path, "via"), f"gateway {r.via} is an address of node {node!r} itself")
+
+    def rules(self, node: str, spec: Node) -> None:
+        ns = self.nodes[node]
         seen_rules: dict[tuple[Any, ...], int] = {}
         unprioritised: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 0}
         for k, rl in enumerate(spec.rules):
             path = ("nodes", node, "rules", k)
-            table = resolve_table(topo, rl.table)
+            table = resolve_table(self.topo, rl.table)
             if table is None:
-                err.add((*path, "table"), f"unknown table {rl.table!r} (define it under tables:)")
+                self.err.add((*path, "table"), f"unknown table {rl.table!r} (define it under tables:)")
                 continue
             fams = {_family(x) for x in (rl.from_, rl.to) if x}
             if len(fams) > 1:
-                err.add(path, _mixed_families({"from": rl.from_, "to": rl.to}) or "mixes IPv4 and IPv6 selectors")
+                self.err.add(path, _mixed_families({"from": rl.from_, "to": rl.to})
+                             or "mixes IPv4 and IPv6 selectors")
                 continue
             family = fams.pop() if fams else socket.AF_INET
             if rl.priority is not None:
@@ -323,25 +506,99 @@ def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None
                         _as_cidr(rl.from_) if rl.from_ else None, _as_cidr(rl.to) if rl.to else None,
                         rl.iif, rl.oif, fwmark, fwmask)
             if rule.key in seen_rules:
-                err.add(path, f"duplicates rules[{seen_rules[rule.key]}]")
+                self.err.add(path, f"duplicates rules[{seen_rules[rule.key]}]")
                 continue
             seen_rules[rule.key] = k
-            resources.append(rule)
+            self.resources.append(rule)
 
-    state = DesiredState(topo, nodes, resources, interfaces, addresses)
-    _check_checks(topo, state, err)
-    backend = nat_backend or topo.settings.nat_backend
-    if backend == "auto" and any(spec.nat for spec in topo.nodes.values()):
-        from .kernel.nat import detect_backend  # reads where the host's iptables points; no kernel access
-        backend = detect_backend()
-    state.nat_backend = backend
-    for node, spec in topo.nodes.items():
-        specs = _nat_specs(node, spec.nat, err)
-        if specs:
-            resources.append(Nat(nodes[node], backend, tuple(s.text() for s in canonical_order(specs))))
-    if err.problems:
-        raise src.fail(err.problems)
-    return state
+    # --- checks and NAT -------------------------------------------------------------------------
+    def checks(self, state: DesiredState) -> None:
+        topo = self.topo
+
+        def node_ref(path: tuple[PathPart, ...], node: str) -> None:
+            if node not in topo.nodes:
+                self.err.add(path, self.names.unknown(node), root=True)
+
+        for k, check in enumerate(topo.checks):
+            base: tuple[PathPart, ...] = ("checks", k, check.kind)
+            spec = check.spec
+            if check.kind in ("ping", "source", "tcp"):
+                node_ref((*base, "from"), spec.from_)
+                self.target_ref(state, (*base, "to"), spec.to)
+            if check.kind == "route":
+                node_ref((*base, "node"), spec.node)
+                if spec.expect.table is not None and resolve_table(topo, spec.expect.table) is None:
+                    self.err.add((*base, "expect", "table"),
+                                 f"unknown table {spec.expect.table!r} (define it under tables:)")
+            if check.kind == "mesh" and spec.nodes != "all":
+                for j, n in enumerate(spec.nodes):
+                    node_ref((*base, "nodes", j), n)
+            if check.kind == "tcp":
+                node_ref((*base, "serve", "node"), spec.serve.node)
+
+    def target_ref(self, state: DesiredState, path: tuple[PathPart, ...], target: str) -> None:
+        if resolve_target(state, target) is not None:
+            return
+        node, _, ifname = target.partition(":")
+        spec = self.topo.nodes.get(node)
+        if spec is not None and (node, ifname) in state.interfaces:
+            self.err.add(path, f"{target} has no address to aim at: give it one under "
+                               f"nodes.{node}.interfaces.{ifname}.addresses, or write an IP address")
+        elif spec is not None and (ifname in spec.interfaces or ifname in spec.bridges
+                                   or (node, ifname) in self.mentioned):
+            return  # declared, but its link or address was rejected: that error is the one to fix
+        elif spec is not None:
+            self.err.add(path, f"node {node!r} has no interface {ifname!r}")
+        else:
+            self.err.add(path, f"{target!r} is neither an IP address nor NODE:IFNAME of an interface with an "
+                               "address")
+
+    def nat(self, nat_backend: str | None) -> str:
+        backend = nat_backend or self.topo.settings.nat_backend
+        if backend == "auto" and any(spec.nat for spec in self.topo.nodes.values()):
+            from .kernel.nat import detect_backend  # reads where the host's iptables points; no kernel access
+            backend = detect_backend()
+        for node, spec in self.topo.nodes.items():
+            specs = _nat_specs(node, spec.nat, self.err)
+            if specs:
+                self.resources.append(Nat(self.nodes[node], backend, tuple(s.text() for s in canonical_order(specs))))
+        return backend
+
+
+def _mtu_path(node: str, kind: str, ifname: str) -> str:
+    return f"nodes.{node}.{kind}.{ifname}.mtu"
+
+
+def _address_problem(cidr: str, ifname: str, mtu: tuple[int, str] | None) -> str | None:
+    """What the kernel refuses about an interface address, found before anything is touched."""
+    iface = ipaddress.ip_interface(cidr)
+    if iface.version != 6:
+        return None
+    if iface.ip.is_multicast:
+        return f"{cidr} is a multicast address: the kernel does not assign one to an interface"
+    if iface.ip.is_unspecified:
+        return f"{cidr} is the unspecified address :: and cannot be assigned to an interface"
+    if iface.ip.is_loopback and ifname != "lo":
+        return f"{cidr} is the loopback address: the kernel assigns it to lo only"
+    if mtu is not None and mtu[0] < IPV6_MIN_MTU:
+        value, where = mtu
+        source = f" (set by {where})" if where else " (its smallest port's)"
+        return (f"IPv6 address {cidr} on {ifname}, whose MTU is {value}{source}: IPv6 needs an MTU of at "
+                f"least {IPV6_MIN_MTU} (the kernel turns IPv6 off below that)")
+    return None
+
+
+def _gateway_problem(gw: ipaddress.IPv4Address | ipaddress.IPv6Address, r: RouteSpec) -> str | None:
+    """Gateways the kernel refuses whatever the rest of the topology says."""
+    if gw.is_multicast:
+        return f"gateway {r.via} is a multicast address (the kernel refuses it as a next hop)"
+    if gw.version == 6 and (gw.is_unspecified or gw.is_loopback):
+        return f"gateway {r.via} cannot be a next hop (the kernel refuses it)"
+    scope = r.scope if isinstance(r.scope, int) or r.scope is None else SCOPES[r.scope]
+    if gw.version == 4 and scope is not None and scope >= RT_SCOPE_LINK:
+        return (f"a route via a gateway cannot have scope {r.scope} (the kernel refuses it: scope link and "
+                "host are for routes without a gateway)")
+    return None
 
 
 def resolve_target(state: DesiredState, target: str) -> str | None:
@@ -356,42 +613,9 @@ def resolve_target(state: DesiredState, target: str) -> str | None:
         return None
 
 
-def _check_checks(topo: Topology, state: DesiredState, err: _Collector) -> None:
-    def node_ref(path: tuple[PathPart, ...], node: str) -> None:
-        if node not in topo.nodes:
-            err.add(path, f"unknown node {node!r} (declared nodes: {', '.join(topo.nodes)})")
-
-    def target_ref(path: tuple[PathPart, ...], target: str) -> None:
-        if resolve_target(state, target) is not None:
-            return
-        node, _, ifname = target.partition(":")
-        if node in topo.nodes and (node, ifname) in state.interfaces:
-            err.add(path, f"{target} has no address to aim at: give it one under "
-                          f"nodes.{node}.interfaces.{ifname}.addresses, or write an IP address")
-        elif node in topo.nodes:
-            err.add(path, f"node {node!r} has no interface {ifname!r}")
-        else:
-            err.add(path, f"{target!r} is neither an IP address nor NODE:IFNAME of an interface with an address")
-
-    for k, check in enumerate(topo.checks):
-        base: tuple[PathPart, ...] = ("checks", k, check.kind)
-        spec = check.spec
-        if check.kind in ("ping", "source", "tcp"):
-            node_ref((*base, "from"), spec.from_)
-            target_ref((*base, "to"), spec.to)
-        if check.kind == "route":
-            node_ref((*base, "node"), spec.node)
-            if spec.expect.table is not None and resolve_table(topo, spec.expect.table) is None:
-                err.add((*base, "expect", "table"), f"unknown table {spec.expect.table!r} (define it under tables:)")
-        if check.kind == "mesh" and spec.nodes != "all":
-            for j, n in enumerate(spec.nodes):
-                node_ref((*base, "nodes", j), n)
-        if check.kind == "tcp":
-            node_ref((*base, "serve", "node"), spec.serve.node)
-
-
 def _nat_specs(node: str, rules: list[NatRule], err: _Collector) -> list[NatSpec]:
-    out = []
+    out: list[NatSpec] = []
+    seen: set[NatSpec] = set()
     for k, rule in enumerate(rules):
         path: tuple[PathPart, ...] = ("nodes", node, "nat", k)
         if rule.masquerade:
@@ -409,8 +633,9 @@ def _nat_specs(node: str, rules: list[NatRule], err: _Collector) -> list[NatSpec
         if mixed:
             err.add(path, mixed)
             continue
-        if spec in out:
+        if spec in seen:
             err.add(path, "duplicates an earlier NAT rule of this node")
             continue
+        seen.add(spec)
         out.append(spec)
     return out

@@ -13,16 +13,61 @@ import errno
 import fcntl
 import json
 import os
+import stat
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LockedError, PermissionError_
+from .errors import LockedError, PermissionError_, UsageError
 from .model.resources import Resource, resource_from_json
+from .model.topology import canonical_sysctl, is_topology_name
+from .statecheck import NOTHING, check_state, read_private
 
 DEFAULT_STATE_DIR = "/var/lib/cnetctl"
 FORMAT = 1
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """A problem with what cnetctl reads back from its own files: said once, never fatal."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_state_dir(directory: str) -> None:
+    """Refuse a state directory that someone other than root (or this user) can write.
+
+    Whoever can write it can plant a state file (whose contents this root process acts on:
+    sysctl writes, deletions), a symlink where a journal or lock will be opened, or rename
+    the directory away. Every ancestor counts too, except that a sticky one (/tmp) only
+    lets its users replace their own entries."""
+    path = os.path.abspath(directory)
+    euid = os.geteuid()
+    own = True
+    while True:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            problem = None
+            if st.st_uid not in (0, euid):
+                problem = f"is owned by uid {st.st_uid}, not root"
+            elif st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0):
+                if own or not st.st_mode & stat.S_ISVTX:
+                    problem = f"is writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} " \
+                              f"(mode {stat.S_IMODE(st.st_mode):04o})"
+            if problem:
+                raise UsageError(f"state directory {directory}: {path} {problem}; anyone who can write it "
+                                 "could make cnetctl change what it should not. Make it writable by root only "
+                                 f"(chmod go-w {path}) or choose another --state-dir")
+        if path == os.path.dirname(path):
+            return
+        own = own and st is None   # a state directory yet to be created: its parent stands for it
+        path = os.path.dirname(path)
 
 
 def state_dir(override: str | None = None) -> str:
@@ -53,23 +98,34 @@ class State:
     # --- persistence ---------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str, directory: str) -> State:
+        """The state file, every value checked: what fails is reported (a warning naming the
+        file) and left out. A corrupt file must not block destroy (the labels still find
+        everything), and a value read back must never steer a write (a sysctl key joined to
+        /proc/sys, a netns name joined to /run/netns) outside what cnetctl may touch."""
         st = cls(name, directory)
-        try:
-            with open(st.path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
+        if os.path.isdir(directory):
+            check_state_dir(directory)
+        data, problem = read_private(st.path)
+        if problem:
+            warn(f"state file {st.path} {problem}; ignoring it (the ownership labels still find what "
+                 f"topology {name} owns)")
+        if data is NOTHING:
             return st
-        except (OSError, ValueError):
-            # A corrupt state file must not block destroy: the labels still find everything.
+        checked, problems = check_state(data, name)
+        for p in problems[:5]:
+            warn(f"state file {st.path}: {p}; left out")
+        if len(problems) > 5:
+            warn(f"state file {st.path}: {len(problems) - 5} more problems; left out")
+        if checked is None:
             return st
         st.exists = True
-        st.nodes = data.get("nodes", {})
-        st.sysctl_originals = data.get("sysctl_originals", {})
-        st.host_resources = data.get("host_resources", [])
-        st.device_originals = data.get("device_originals", {})
-        st.manifest = data.get("manifest")
-        st.nat_backend = data.get("nat_backend")
-        st.applied_at = data.get("applied_at")
+        st.nodes = checked["nodes"]
+        st.sysctl_originals = checked["sysctl_originals"]
+        st.host_resources = checked["host_resources"]
+        st.device_originals = checked["device_originals"]
+        st.manifest = checked["manifest"]
+        st.nat_backend = checked["nat_backend"]
+        st.applied_at = checked["applied_at"]
         return st
 
     def to_json(self) -> dict[str, Any]:
@@ -107,18 +163,21 @@ class State:
         return not (self.sysctl_originals or self.host_resources or self.device_originals)
 
     # --- obligations ---------------------------------------------------------------------------
+    # Sysctl keys are kept in one spelling (canonical_sysctl): net/ipv4/ip_forward of one
+    # topology and net.ipv4.ip_forward of another must be one shared obligation to restore.
     def remember_sysctl(self, ns: str | None, key: str, original: str) -> None:
+        key = canonical_sysctl(key)
         per_ns = self.sysctl_originals.setdefault(_ns_key(ns), {})
         if key not in per_ns:
             per_ns[key] = original
             self.save()
 
     def sysctl_original(self, ns: str | None, key: str) -> str | None:
-        return self.sysctl_originals.get(_ns_key(ns), {}).get(key)
+        return self.sysctl_originals.get(_ns_key(ns), {}).get(canonical_sysctl(key))
 
     def forget_sysctl(self, ns: str | None, key: str) -> None:
         per_ns = self.sysctl_originals.get(_ns_key(ns), {})
-        if per_ns.pop(key, None) is not None:
+        if per_ns.pop(canonical_sysctl(key), None) is not None:
             if not per_ns:
                 self.sysctl_originals.pop(_ns_key(ns), None)
             self.save()
@@ -179,44 +238,98 @@ def other_host_owners(state: State) -> dict[tuple[Any, ...], str]:
 
 def list_state_names(directory: str) -> list[str]:
     try:
-        return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".json") and not f.startswith("."))
+        # Only names a topology can have: a planted "x y.json" names nothing cnetctl made.
+        return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".json") and is_topology_name(f[:-5]))
     except FileNotFoundError:
         return []
 
 
 class TopologyLock:
-    """flock on <state dir>/<name>.lock: one cnetctl at a time changes a topology."""
+    """flock on <state dir>/<name>.lock: one cnetctl at a time changes a topology.
+
+    The lock file may be removed by its holder (`release(remove=True)`, when destroy is
+    done): whoever opened the old file before that and gets its flock afterwards finds
+    that the path no longer names that file, and locks the new one instead."""
 
     def __init__(self, name: str, directory: str, timeout: float = 30.0, filename: str | None = None):
         self.name, self.directory, self.timeout = name, directory, timeout
         self.filename = filename or f"{name}.lock"
         self.fd: int | None = None
+        self.remove_on_exit = False
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.filename)
 
     def __enter__(self) -> TopologyLock:
         try:
             os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            self.fd = os.open(os.path.join(self.directory, self.filename), os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError as err:
             raise PermissionError_(f"cannot write the state directory {self.directory}: {err.strerror}; "
                                    "run as root (sudo) or set --state-dir") from err
+        check_state_dir(self.directory)
         deadline = time.monotonic() + self.timeout
         while True:
+            fd = self._open()
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._wait(fd, deadline)
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._still_named(fd):
+                self.fd = fd
                 return self
+            os.close(fd)   # removed (or replaced) while we waited: lock what the path names now
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except PermissionError as err:
+            raise PermissionError_(f"cannot write the state directory {self.directory}: {err.strerror}; "
+                                   "run as root (sudo) or set --state-dir") from err
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UsageError(f"lock file {self.path} is a symbolic link; cnetctl does not follow links in "
+                                 "its state directory: remove it") from None
+            raise
+
+    def _wait(self, fd: int, deadline: float) -> None:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
             except OSError as err:
                 if err.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = None
                     what = "the host's shared network state" if self.name == "host" else f"topology {self.name}"
                     raise LockedError(f"{what} is locked by another cnetctl "
                                       f"(waited {self.timeout:g} s; raise --lock-timeout to wait longer)") from None
                 time.sleep(0.05)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
+    def _still_named(self, fd: int) -> bool:
+        try:
+            named = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+    def release(self, remove: bool = False) -> None:
+        """Unlock; with remove=True delete the lock file first, while still holding it (so a
+        waiter on the old file sees it is gone). Idempotent."""
+        if self.fd is None:
+            return
+        try:
+            if remove:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.release(remove=self.remove_on_exit)

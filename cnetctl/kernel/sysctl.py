@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from ..errors import KernelError
+from ..model.topology import sysctl_key_problem, sysctl_parts
 from .netns import run_in_netns
 
 
 def sysctl_path(key: str) -> str:
-    # A key in '/' form keeps dots in interface names (net/ipv4/conf/eth0.100/rp_filter).
-    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+    # Both spellings (net.ipv4.conf.eth0/100.rp_filter, net/ipv4/conf/eth0.100/rp_filter) name
+    # one file; a key that is not a namespaced net.* one never becomes a path at all.
+    problem = sysctl_key_problem(key)
+    if problem:
+        raise KernelError(f"refusing sysctl key {key!r}: {problem}")
+    return "/proc/sys/" + "/".join(sysctl_parts(key))
 
 
 def _read(key: str) -> str | None:

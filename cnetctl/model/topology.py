@@ -12,23 +12,56 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
-TOPOLOGY_NAME_RE = r"^[a-z][a-z0-9-]{0,15}$"
-NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
-NETNS_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
-TABLE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+# Name patterns. The *_PATTERN strings go to pydantic and the JSON Schema, where `$` means the
+# end of the text; the compiled *_RE end in \Z because Python's `$` also matches before a
+# trailing newline (`re.match(TOPOLOGY_NAME_RE, "lab\n")` must fail).
+TOPOLOGY_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
+NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+NETNS_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+
+def _python_re(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern[:-1] + r"\Z")
+
+
+TOPOLOGY_NAME_RE = _python_re(TOPOLOGY_NAME_PATTERN)
+NODE_NAME_RE = _python_re(NODE_NAME_PATTERN)
+NETNS_NAME_RE = _python_re(NETNS_NAME_PATTERN)
+TABLE_NAME_RE = _python_re(TABLE_NAME_PATTERN)
+IFNAME_RE = re.compile(r"[^/:\s]{1,15}")      # use with fullmatch
 # What a name pattern means, for error messages: pattern -> (what, max length, rule).
 PATTERN_HELP = {
-    TOPOLOGY_NAME_RE: ("topology name", 16, "1-16 characters: lowercase letters, digits and '-', "
-                                            "starting with a letter"),
-    NODE_NAME_RE: ("node name", 32, "1-32 characters: letters, digits, '_' and '-', starting with a letter "
-                                    "or digit"),
-    NETNS_NAME_RE: ("netns name", 64, "1-64 characters: letters, digits, '_', '.' and '-', starting with a "
-                                      "letter, digit or '_'"),
-    TABLE_NAME_RE: ("table name", 64, "1-64 characters: letters, digits, '_' and '-', starting with a letter "
-                                      "or '_'"),
+    TOPOLOGY_NAME_PATTERN: ("topology name", 16, "1-16 characters: lowercase letters, digits and '-', "
+                                                 "starting with a letter"),
+    NODE_NAME_PATTERN: ("node name", 32, "1-32 characters: letters, digits, '_' and '-', starting with a letter "
+                                         "or digit"),
+    NETNS_NAME_PATTERN: ("netns name", 64, "1-64 characters: letters, digits, '_', '.' and '-', starting with a "
+                                           "letter, digit or '_'"),
+    TABLE_NAME_PATTERN: ("table name", 64, "1-64 characters: letters, digits, '_' and '-', starting with a "
+                                           "letter or '_'"),
 }
-ENDPOINT_RE = re.compile(r"^(?P<node>[A-Za-z0-9][A-Za-z0-9_-]{0,31}):(?P<ifname>[^/:\s]{1,15})$")
+
+
+def is_topology_name(v: str) -> bool:
+    return TOPOLOGY_NAME_RE.match(v) is not None
+
+
+def is_node_name(v: str) -> bool:
+    return NODE_NAME_RE.match(v) is not None
+
+
+def is_netns_name(v: str) -> bool:
+    return NETNS_NAME_RE.match(v) is not None and v not in (".", "..")
+
+
+def name_problem(pattern: str, v: str) -> str:
+    """Why `v` does not match one of the name patterns above, as an error message."""
+    what, limit, rule = PATTERN_HELP[pattern]
+    if len(v) > limit:
+        return f"invalid {what} {v!r}: {len(v)} characters, at most {limit}"
+    return f"invalid {what} {v!r}: {rule}"
+
 
 U32_MAX = 2**32 - 1
 TABLE_ALIASES = {"main": 254, "local": 255, "default": 253}
@@ -42,9 +75,29 @@ NAMESPACED_SYSCTL_KEYS = {"net.core.somaxconn", "net.core.xfrm_acq_expires", "ne
                           "net.core.xfrm_aevent_rseqth", "net.core.xfrm_larval_drop"}
 
 
+def control_character(v: str) -> str | None:
+    """The first control (or other unprintable) character of `v`, as U+XXXX: a NUL in a name
+    is where the kernel cuts it, and none of them belongs in a name a user has to type."""
+    for c in v:
+        if not c.isprintable() and c != " ":
+            return f"U+{ord(c):04X}"
+    return None
+
+
+def ifname_problem(v: str) -> str | None:
+    """Why the kernel would refuse (or, for a NUL, silently truncate) interface name `v`."""
+    bad = control_character(v)
+    if bad:
+        return f"invalid interface name {v!r}: contains the control character {bad}"
+    if v in (".", "..") or not IFNAME_RE.fullmatch(v) or len(v.encode()) > 15:
+        return f"invalid interface name {v!r}: 1-15 bytes, no '/', ':' or whitespace"
+    return None
+
+
 def _ifname(v: str) -> str:
-    if v in (".", "..") or not IFNAME_RE.match(v) or len(v.encode()) > 15:
-        raise ValueError(f"invalid interface name {v!r}: 1-15 bytes, no '/', ':' or whitespace")
+    problem = ifname_problem(v)
+    if problem:
+        raise ValueError(problem)
     return v
 
 
@@ -86,21 +139,50 @@ def _ip_or_network(v: str) -> str:
 
 
 def _ifname_maybe_negated(v: str) -> str:
-    try:
-        _ifname(v[1:] if v.startswith("!") else v)
-    except ValueError:
+    problem = ifname_problem(v[1:] if v.startswith("!") else v)
+    if problem and "control character" in problem:
+        raise ValueError(problem)
+    if problem:
         raise ValueError(f"invalid interface name {v!r}: IFNAME or !IFNAME, 1-15 bytes, no '/', ':' or "
-                         "whitespace") from None
+                         "whitespace")
     return v
 
 
+def sysctl_parts(key: str) -> list[str]:
+    """The path components of a sysctl key, as sysctl(8) reads it: when the first separator is
+    '/', '/' separates and a '.' belongs to a name (net/ipv4/conf/eth0.100/rp_filter); otherwise
+    '.' separates and a '/' stands for a '.' in a name (net.ipv4.conf.eth0/100.rp_filter)."""
+    slash, dot = key.find("/"), key.find(".")
+    if slash != -1 and (dot == -1 or slash < dot):
+        return key.split("/")
+    return [part.replace("/", ".") for part in key.split(".")]
+
+
+def canonical_sysctl(key: str) -> str:
+    """One spelling per sysctl: dotted unless a component holds a dot (an interface such as
+    eth0.100), then the '/' form. net/ipv4/ip_forward -> net.ipv4.ip_forward."""
+    parts = sysctl_parts(key)
+    return "/".join(parts) if any("." in p for p in parts) else ".".join(parts)
+
+
+def sysctl_key_problem(key: str) -> str | None:
+    """Why `key` is not a network-namespaced sysctl that resolves under /proc/sys/net/, or None."""
+    parts = sysctl_parts(key)
+    namespaced = (len(parts) >= 3 and parts[0] == "net" and f"net.{parts[1]}." in NAMESPACED_SYSCTL_PREFIXES) \
+        or ".".join(parts) in NAMESPACED_SYSCTL_KEYS
+    if not namespaced:
+        return (f"{key!r} is not a network-namespaced sysctl (allowed: net.ipv4.*, net.ipv6.*, "
+                "net.netfilter.*, net.unix.*, net.core.somaxconn …)")
+    if len(key) > 255 or any(p in ("", ".", "..") or control_character(p) or any(c.isspace() for c in p)
+                             for p in parts):
+        return f"malformed sysctl key {key!r}"
+    return None
+
+
 def _sysctl_key(v: str) -> str:
-    norm = v.replace("/", ".")
-    if not (norm.startswith(NAMESPACED_SYSCTL_PREFIXES) or norm in NAMESPACED_SYSCTL_KEYS):
-        raise ValueError(f"{v!r} is not a network-namespaced sysctl (allowed: net.ipv4.*, net.ipv6.*, "
-                         "net.netfilter.*, net.unix.*, net.core.somaxconn …)")
-    if ".." in v or "//" in v or v.endswith((".", "/")) or any(c.isspace() for c in v):
-        raise ValueError(f"malformed sysctl key {v!r}")
+    problem = sysctl_key_problem(v)
+    if problem:
+        raise ValueError(problem)
     return v
 
 
@@ -128,7 +210,7 @@ def _table(v: int | str) -> int | str:
         return v
     if v.isdigit():
         return _table(int(v))
-    if not re.match(TABLE_NAME_RE, v):
+    if not TABLE_NAME_RE.match(v):
         raise ValueError(f"invalid table name {v!r}")
     return v
 
@@ -151,7 +233,15 @@ def _link(v: Any) -> Any:
 
 
 def _endpoint(v: str) -> str:
-    if not ENDPOINT_RE.match(v):
+    node, sep, ifname = v.partition(":")
+    if not sep:
+        raise ValueError(f"invalid link end {v!r}: expected NODE:IFNAME (interface 1-15 chars)")
+    if not is_node_name(node):
+        raise ValueError(f"invalid link end {v!r}: {name_problem(NODE_NAME_PATTERN, node)}")
+    problem = ifname_problem(ifname)
+    if problem and "control character" in problem:
+        raise ValueError(f"invalid link end {v!r}: {problem}")
+    if problem:
         raise ValueError(f"invalid link end {v!r}: expected NODE:IFNAME (interface 1-15 chars)")
     return v
 
@@ -290,7 +380,7 @@ SysctlValue = Annotated[int | str, Field(union_mode="left_to_right")]
 
 
 class Node(Strict):
-    netns: Annotated[str, Field(pattern=NETNS_NAME_RE)] | None = None
+    netns: Annotated[str, Field(pattern=NETNS_NAME_PATTERN)] | None = None
     interfaces: dict[IfName, InterfaceSpec] = {}
     bridges: dict[IfName, BridgeSpec] = {}
     routes: list[RouteSpec] = []
@@ -393,10 +483,10 @@ class Check(Strict):
 
 class Topology(Strict):
     apiVersion: Literal["cnetctl/v1"]
-    name: Annotated[str, Field(pattern=TOPOLOGY_NAME_RE)]
+    name: Annotated[str, Field(pattern=TOPOLOGY_NAME_PATTERN)]
     settings: Settings = Settings()
-    tables: dict[Annotated[str, Field(pattern=TABLE_NAME_RE)],
+    tables: dict[Annotated[str, Field(pattern=TABLE_NAME_PATTERN)],
                  U32NonZero] = {}
-    nodes: dict[Annotated[str, Field(pattern=NODE_NAME_RE)], Node]
+    nodes: dict[Annotated[str, Field(pattern=NODE_NAME_PATTERN)], Node]
     links: list[Link] = []
     checks: list[Check] = []

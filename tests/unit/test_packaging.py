@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 from tests.unit.test_style import tool
 
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
-TEST_TOOLS = ("pytest", "hypothesis", "ruff", "mypy", "pyyaml")
+TEST_TOOLS = ("pytest", "hypothesis", "ruff", "mypy")  # PyYAML is a runtime dependency (fastyaml)
 
 
 def test_python_310_is_supported_and_checked():
