@@ -438,7 +438,7 @@ def test_plan_and_apply_keep_the_backend_of_the_last_apply(tmp_path, clean_world
     assert cnetctl("destroy", "--name", "docker").returncode == 0
 
 
-MASQ = "masquerade source=10.17.0.0/24 out_interface=!docker0"
+MASQ = "masquerade source=10.17.0.0/24 out_interface=!cdocker0"
 DNAT = "dnat destination=10.200.0.1 protocol=tcp port={} to=10.17.0.2:80"
 
 
