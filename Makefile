@@ -59,8 +59,12 @@ demo: deps venv
 destroy-demo: venv
 	$(CNETCTL) destroy $(MANIFEST)
 
+# Kernel tests run in parallel workers, each in a throw-away world of its own
+# (tests/conftest.py starts every pytest-xdist worker through tests/world.sh).
+TEST_JOBS ?= 3
+
 test: deps test-venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS)
 
 unit: test-venv
 	$(PY) -m pytest -q tests/unit

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,17 @@ def pytest_configure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(str(WORLD), [str(WORLD), sys.executable, "-m", "pytest", *config.invocation_params.args])
+    _workers_in_worlds_of_their_own(config)
+
+
+def _workers_in_worlds_of_their_own(config: pytest.Config) -> None:
+    """With pytest-xdist (-n N), every worker starts through tests/world.sh: each has its own
+    network namespace, /run/netns and state dir, so tests in parallel never see each
+    other's topologies (and may all use the same names)."""
+    tx = getattr(config.option, "tx", None)
+    if os.geteuid() == 0 and tx and os.environ.get("PYTEST_XDIST_WORKER") is None:
+        python = f"{shlex.quote(str(WORLD))} {shlex.quote(sys.executable)}"
+        config.option.tx = [f"{spec}//python={python}" if spec == "popen" else spec for spec in tx]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

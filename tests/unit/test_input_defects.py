@@ -274,14 +274,12 @@ def big_manifest(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_validating_10000_nodes_takes_seconds(tmp_path):
+def test_validating_10000_nodes(tmp_path):
+    # How long it takes is measured by bench/bench.py (speed targets live in benchmarks).
     path = tmp_path / "big.yaml"
     path.write_text(big_manifest(10_000))
-    start = time.monotonic()
     d = api.validate(str(path))
-    took = time.monotonic() - start
     assert len(d.nodes) == 10_001
-    assert took <= 5.0, f"validating 10,000 nodes took {took:.1f} s"
 
 
 def test_an_unknown_node_among_10000_names_a_few_close_ones(tmp_path):
