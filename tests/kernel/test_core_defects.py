@@ -272,6 +272,8 @@ def test_plan_and_destroy_wording(tmp_path):
     assert cnetctl("apply", str(QUICK), "--no-verify").returncode == 0
     out = cnetctl("destroy", "--name", "quickstart").stdout
     assert "- sysctl net.ipv4.ip_forward in host: restore its value from before cnetctl" in out
+    # Nothing of the topology stays behind in the state directory either (its lock file included).
+    assert not [f for f in os.listdir(os.environ["CNETCTL_STATE_DIR"]) if f.startswith("quickstart")]
 
 
 def test_verify_of_a_topology_never_applied_says_so():
