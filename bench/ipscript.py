@@ -13,19 +13,20 @@ import ipaddress
 import shlex
 from collections.abc import Iterable
 
+from cnetctl.model.linkkinds import VethSpec
 from cnetctl.model.natspec import NatSpec
 from cnetctl.model.resources import Address, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 
 Command = tuple[str | None, list[str]]   # (namespace, ip arguments) ; namespace None = root
 
 
-def _veth(link: Link) -> list[str]:
+def _veth(link: Link, spec: VethSpec) -> list[str]:
     args = ["link", "add", link.ifname]
     if link.ns:
         args += ["netns", link.ns]
-    args += ["type", "veth", "peer", "name", link.peer_ifname or ""]
-    if link.peer_ns:
-        args += ["netns", link.peer_ns]
+    args += ["type", "veth", "peer", "name", spec.peer_ifname or ""]
+    if spec.peer_ns:
+        args += ["netns", spec.peer_ns]
     return args
 
 
@@ -65,9 +66,11 @@ def _commands(res: Resource, seen_pairs: set[object]) -> list[Command]:
         if res.kind == "bridge":
             out.append((res.ns, ["link", "add", res.ifname, "type", "bridge", "stp_state", "0", "forward_delay",
                                  "0"]))
-        elif res.kind == "veth" and res.pair_key not in seen_pairs:
-            seen_pairs.add(res.pair_key)
-            out.append((None, _veth(res)))
+        elif isinstance(res.spec, VethSpec):
+            pair = frozenset({(res.ns, res.ifname), (res.spec.peer_ns, res.spec.peer_ifname)})
+            if pair not in seen_pairs:
+                seen_pairs.add(pair)
+                out.append((None, _veth(res, res.spec)))
         return out + [(res.ns, _link_set(res))]
     if isinstance(res, Address):
         nodad = ["nodad"] if ipaddress.ip_interface(res.cidr).version == 6 else []

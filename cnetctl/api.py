@@ -18,6 +18,7 @@ from .kernel import links as klinks
 from .kernel.nat import backend_warnings, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
+from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
 from .model.topology import Topology
 from .normalize import DesiredState, normalize
@@ -260,7 +261,8 @@ class TopologyStatus:
             if isinstance(r, Address):
                 addresses.setdefault((r.ns, r.ifname), []).append(r.cidr)
         links = [{"netns": r.ns, "ifname": r.ifname, "kind": r.kind, "master": r.master, "mtu": r.mtu, "up": r.up,
-                  "peer": None if r.kind != "veth" else {"netns": r.peer_ns, "ifname": r.peer_ifname},
+                  "peer": {"netns": r.spec.peer_ns, "ifname": r.spec.peer_ifname} if isinstance(r.spec, VethSpec)
+                  else None,
                   "node": self.node_of(r.ns), "addresses": addresses.get((r.ns, r.ifname), [])}
                  for r in self.resources if isinstance(r, Link) and r.owned]
         counts: dict[str, int] = {}

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import Problem, TopologyError
 from .load import PathPart, Source
+from .model.linkkinds import VethSpec
 from .model.natspec import NatSpec, canonical_order
 from .model.resources import Address, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, RouteSpec, Topology, canonical_sysctl
@@ -339,8 +340,8 @@ class _Normalizer:
                     self.interfaces[(me.node, me.logical)] = me.ifname
                 if mtu is not None:
                     self.end_mtu[(me.node, me.ifname)] = (mtu, where)
-                self.resources.append(Link(self.nodes[me.node], me.ifname, "veth", peer_ns=self.nodes[peer.node],
-                                           peer_ifname=peer.ifname, mtu=mtu, master=me.master))
+                self.resources.append(Link(self.nodes[me.node], me.ifname, "veth", mtu=mtu, master=me.master,
+                                           spec=VethSpec(self.nodes[peer.node], peer.ifname)))
 
     def device_mtu(self, node: str, ifname: str) -> tuple[int, str] | None:
         """The MTU device `ifname` of `node` will have (None: unknown, a host device left as it is).

@@ -20,6 +20,7 @@ from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
+from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Key, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from .normalize import DesiredState
 from .state import State, other_host_owners
@@ -283,28 +284,39 @@ def _overlap_conflicts(cur: CurrentState, live: list[klinks.LiveLink], scope: _S
 
 
 def _pair_veths(cur: CurrentState, live: dict[str | None, list[klinks.LiveLink]], sockets: Sockets) -> None:
-    """Fill peer_ns/peer_ifname of owned veth ends from the kernel's own pointers.
+    """Give every owned veth end its VethSpec (the peer) from the kernel's own pointers.
 
-    ifindexes are per namespace (two ends in fresh namespaces are often both 2), so the
-    index alone is ambiguous: IFLA_LINK_NETNSID says which namespace the peer index is in,
-    by the id the end's namespace gives it, and RTM_GETNSID asked in that namespace maps
-    ids to the namespaces observed here. A peer outside them stays unknown (None)."""
-    paths = {ns: ("/proc/self/ns/net" if ns is None else netns_path(ns)) for ns in live}
-    ids: dict[str | None, dict[int, str | None]] = {}
-    by_index = {ns: {link.index: link for link in links} for ns, links in live.items()}
+    ifindexes are per namespace (two ends in fresh namespaces are often both 2), so an
+    index alone can be ambiguous: then IFLA_LINK_NETNSID says which namespace the peer
+    index is in, by the id the end's namespace gives it, and RTM_GETNSID asked in that
+    namespace maps the candidates' ids. A peer outside the observed namespaces stays
+    unknown (None). Linear: the nsid question is asked only of ambiguous candidates."""
+    by_index: dict[int, list[tuple[str | None, klinks.LiveLink]]] = {}
+    for ns, links in live.items():
+        for link in links:
+            by_index.setdefault(link.index, []).append((ns, link))
     by_name = {ns: {link.ifname: link for link in links} for ns, links in live.items()}
     out: list[Resource] = []
     for r in cur.resources:
         me = by_name.get(r.ns, {}).get(r.ifname) if isinstance(r, Link) and r.kind == "veth" else None
         if isinstance(r, Link) and me is not None:
-            peer_ns: str | None = r.ns
-            known = True
-            if me.peer_netnsid is not None:
-                if r.ns not in ids:
-                    ids[r.ns] = klinks.netns_ids(sockets.get(r.ns), {k: v for k, v in paths.items() if k != r.ns})
-                known = me.peer_netnsid in ids[r.ns]
-                peer_ns = ids[r.ns].get(me.peer_netnsid)
-            peer = by_index.get(peer_ns, {}).get(me.peer_index or 0) if known else None
-            r = replace(r, peer_ns=peer_ns if peer else None, peer_ifname=peer.ifname if peer else None)
+            peer_ns, peer = _veth_peer(r.ns, me, by_index, sockets)
+            r = replace(r, spec=VethSpec(peer_ns if peer else None, peer.ifname if peer else None))
         out.append(r)
     cur.resources = out
+
+
+def _veth_peer(ns: str | None, me: klinks.LiveLink, by_index: dict[int, list[tuple[str | None, klinks.LiveLink]]],
+               sockets: Sockets) -> tuple[str | None, klinks.LiveLink | None]:
+    candidates = [(other_ns, link) for other_ns, link in by_index.get(me.peer_index or 0, [])
+                  if link.kind == "veth" and link.peer_index == me.index
+                  and (other_ns == ns) == (me.peer_netnsid is None) and (other_ns, link.ifname) != (ns, me.ifname)]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else (None, None)
+    paths = {other_ns: ("/proc/self/ns/net" if other_ns is None else netns_path(other_ns))
+             for other_ns, _ in candidates}
+    ids = klinks.netns_ids(sockets.get(ns), paths)
+    if me.peer_netnsid not in ids:
+        return None, None
+    want = ids[me.peer_netnsid]
+    return next(((n, link) for n, link in candidates if n == want), (None, None))

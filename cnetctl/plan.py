@@ -20,7 +20,6 @@ from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl,
 
 Op = Literal["create", "update", "delete"]
 SYMBOL = {"create": "+", "update": "~", "delete": "-"}
-LINK_SUBORDER = {"bridge": 0, "veth": 1, "lo": 2, "device": 2}
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class Plan:
 
 
 def _sort_key(res: Resource) -> tuple[int, int, str]:
-    sub = LINK_SUBORDER.get(res.kind, 0) if isinstance(res, Link) else 0
+    sub = res.link_kind.order if isinstance(res, Link) else 0
     return (res.ORDER, sub, repr(res.key))
 
 
@@ -83,21 +82,18 @@ def _lives_in(res: Resource, ns: str) -> bool:
         return False
     if res.ns == ns:
         return True
-    return isinstance(res, Link) and res.kind == "veth" and res.peer_ns == ns
+    return isinstance(res, Link) and ns in res.reaches
 
 
 def _dependents(link: Link, current: Iterable[Resource]) -> list[Resource]:
-    """What the kernel removes together with `link`."""
+    """What the kernel removes together with `link`: its addresses and the routes through it,
+    and what its kind takes along (a veth's peer)."""
+    takes_along = link.link_kind.takes_along
     out: list[Resource] = []
     for r in current:
-        if r.ns != link.ns and not (isinstance(r, Link) and r.kind == "veth" and link.kind == "veth"):
-            continue
-        if isinstance(r, Address) and r.ifname == link.ifname:
-            out.append(r)
-        elif isinstance(r, Route) and r.dev == link.ifname:
-            out.append(r)
-        elif (isinstance(r, Link) and link.kind == "veth" and r.kind == "veth"
-              and (r.ns, r.ifname) == (link.peer_ns, link.peer_ifname)):
+        on_it = r.ns == link.ns and isinstance(r, Address | Route) and \
+            (r.ifname if isinstance(r, Address) else r.dev) == link.ifname
+        if on_it or takes_along(link, r):
             out.append(r)
     return out
 
@@ -152,7 +148,7 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
 
     gone_records = [cur[k] for k in gone]
     deleted_netns = {r.ns for r in gone_records if isinstance(r, Netns)}
-    deleted_bridges = {(r.ns, r.ifname) for r in gone_records if isinstance(r, Link) and r.kind == "bridge"}
+    deleted_masters = {(r.ns, r.ifname) for r in gone_records if isinstance(r, Link) and r.link_kind.can_be_master}
 
     actions: list[Action] = []
     deletes = []
@@ -169,8 +165,8 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
             forward.append(Action("create", w))
             continue
         c = cur[k]
-        if isinstance(c, Link) and c.master is not None and (c.ns, c.master) in deleted_bridges:
-            c = replace(c, master=None)  # the kernel detaches ports when their bridge goes
+        if isinstance(c, Link) and c.master is not None and (c.ns, c.master) in deleted_masters:
+            c = replace(c, master=None)  # the kernel detaches ports when their master goes
         if w.differences(c):
             forward.append(Action("update", _merged(w, c), c))
     forward.sort(key=lambda a: _sort_key(a.resource))

@@ -20,7 +20,8 @@ from ..errors import KernelError
 from ..model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
 from . import addresses, links, nat, routes, sysctl
-from .netns import Sockets, create_netns, delete_netns, is_errno, is_stale_mountpoint, netns_exists, netns_path
+from .linkkinds import KERNEL_LINK_KINDS
+from .netns import Sockets, create_netns, delete_netns, is_errno, is_stale_mountpoint, netns_exists
 
 _CAUSES = {
     errno.EEXIST: "something of that name or key exists already (made by hand or another tool?)",
@@ -123,50 +124,17 @@ class Kernel:
 
     # --- links ------------------------------------------------------------------------------------
     def _create_link(self, res: Link) -> None:
-        ipr = self.sockets.get(res.ns)
-        if res.kind == "bridge":
-            try:
-                links.create_bridge(ipr, res.ifname, self.label)
-            except NetlinkError as err:
-                if not is_errno(err, errno.EEXIST) or not self._ours(res.ns, res.ifname):
-                    raise
-        elif res.kind == "veth":
-            if links.find_link(ipr, res.ifname) is None:
-                if not res.peer_ifname or res.peer_ifname == "?":
-                    # A veth is created with its peer: without the peer's name the kernel would
-                    # invent one (or, with "?", create an interface named "?").
-                    raise KernelError(f"create {res.describe()}: the peer of this veth is unknown; "
-                                      "refusing to create it")
-                # Create from the host side when one end is there: net_ns_fd names a netns path.
-                if res.ns is not None and res.peer_ns is None:
-                    peer_ipr = self.sockets.get(None)
-                    links.create_veth(peer_ipr, res.peer_ifname or "", res.ifname, netns_path(res.ns))
-                else:
-                    links.create_veth(ipr, res.ifname, res.peer_ifname or "",
-                                      netns_path(res.peer_ns) if res.peer_ns is not None else None)
-                # Label the peer at once: a crash now must leave both ends findable. Owned veth
-                # ends are always up; the peer is brought up here too because a rollback may
-                # re-create a pair from one end's record only (its delete took the peer along).
-                links.configure_link(self.sockets.get(res.peer_ns), res.peer_ifname, alias=self.label, up=True)
-            elif not self._ours(res.ns, res.ifname):
-                raise KernelError(f"interface {res.ifname} exists in {res.ns or 'host'} and is not owned by "
-                                  f"topology {self.topology}")
-        elif res.kind == "device" and links.find_link(ipr, res.ifname) is None:
-            raise KernelError(f"host device {res.ifname} does not exist (cnetctl configures, never creates, "
-                              "devices it does not own)")
-        if res.kind == "device":
-            self.state.remember_device(res.ifname, links.find_link(ipr, res.ifname))
-        links.configure_link(ipr, res.ifname, alias=self.label if res.owned or (res.kind == "lo" and res.ns) else None,
+        kind = KERNEL_LINK_KINDS[res.kind]
+        kind.ensure(self, res)
+        # The lo of the host is the user's; that of a namespace of ours carries its label.
+        labelled = kind.labelled and (res.owned or res.ns is not None)
+        links.configure_link(self.sockets.get(res.ns), res.ifname, alias=self.label if labelled else None,
                              mtu=res.mtu, master=res.master if res.owned else False, up=res.up)
-
-    def _ours(self, ns: str | None, ifname: str) -> bool:
-        found = links.find_link(self.sockets.get(ns), ifname)
-        return found is not None and found.alias == self.label
 
     def _update_link(self, old: Link, new: Link) -> None:
         diff = new.differences(old)
         ipr = self.sockets.get(new.ns)
-        if new.kind == "device":
+        if not new.owned and new.ns is None:
             # Saved before the change: destroy puts a user's device back as it was.
             self.state.remember_device(new.ifname, links.find_link(ipr, new.ifname))
         links.configure_link(ipr, new.ifname,
@@ -175,18 +143,7 @@ class Kernel:
                              up=new.up if "up" in diff else None)
 
     def _delete_link(self, res: Link) -> None:
-        ipr = self.sockets.get(res.ns)
-        if res.owned:
-            found = links.find_link(ipr, res.ifname)
-            if found is not None and found.alias != self.label:
-                raise KernelError(f"{res.describe()} is not owned by topology {self.topology} "
-                                  f"(its label is {found.alias!r}); not deleting it")
-            links.delete_link(ipr, res.ifname)
-        elif res.kind == "device":
-            original = self.state.device_originals.get(res.ifname)
-            if original and original.get("mtu") and links.find_link(ipr, res.ifname):
-                links.configure_link(ipr, res.ifname, mtu=original["mtu"])
-            self.state.forget_device(res.ifname)
+        KERNEL_LINK_KINDS[res.kind].remove(self, res)
 
     # --- addresses --------------------------------------------------------------------------------
     def _create_address(self, res: Address) -> None:

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .linkkinds import LINK_KINDS, LinkKind, link_kind, where
+
 Key = tuple[Any, ...]
 
 
@@ -53,8 +55,6 @@ class Resource:
         return {"kind": self.KIND, **dataclasses.asdict(self)}
 
 
-def where(ns: str | None) -> str:
-    return f"netns {ns}" if ns else "host"
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,9 @@ class Netns(Resource):
 
 @dataclass(frozen=True)
 class Link(Resource):
-    """An interface. kind: bridge | veth (created and owned) or lo | device (configured only)."""
+    """An interface of a kind in LINK_KINDS (model/linkkinds.py): created and owned (bridge,
+    veth), or configured only (a namespace's lo, a user's device). What only one kind has
+    lives in `spec`, that kind's record (a veth's peer)."""
 
     KIND: ClassVar[str] = "link"
     ORDER: ClassVar[int] = 1
@@ -85,25 +87,27 @@ class Link(Resource):
     ns: str | None
     ifname: str
     kind: str
-    peer_ns: str | None = None
-    peer_ifname: str | None = None
     mtu: int | None = None
     master: str | None = None
     up: bool | None = True
+    spec: Any = None
 
     @property
     def key(self) -> Key:
         return ("link", self.ns, self.ifname)
 
     @property
-    def owned(self) -> bool:
-        return self.kind in ("bridge", "veth")
+    def link_kind(self) -> LinkKind:
+        return link_kind(self.kind)
 
     @property
-    def pair_key(self) -> Key:
-        """Both ends of a veth pair share this key (one kernel object)."""
-        ends = sorted([(self.ns or "", self.ifname), (self.peer_ns or "", self.peer_ifname or "")])
-        return ("veth", *ends[0], *ends[1])
+    def owned(self) -> bool:
+        return self.link_kind.owned
+
+    @property
+    def reaches(self) -> tuple[str | None, ...]:
+        """The namespaces this one kernel object lives in besides its own (a veth's peer's)."""
+        return self.link_kind.reaches(self)
 
     def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
         out = super().differences(current)
@@ -114,13 +118,19 @@ class Link(Resource):
         return out
 
     def describe(self) -> str:
-        extra = ""
-        if self.kind == "veth":
-            extra = f" (peer {self.peer_ifname} in {where(self.peer_ns)})"
+        extra = self.link_kind.describe_extra(self)
         if self.master:
             extra += f" master {self.master}"
         name = self.ifname if self.kind == self.ifname else f"{self.kind} {self.ifname}"
         return f"{name} in {where(self.ns)}{extra}"
+
+    def to_json(self) -> dict[str, Any]:
+        """"kind" is the link's kind (bridge, veth, …), as `plan -o json` has always shown it;
+        the kind's own attributes (a veth's peer_ns, peer_ifname) sit beside the common ones."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "spec"}
+        if self.spec is not None:
+            data.update(dataclasses.asdict(self.spec))
+        return data
 
 
 @dataclass(frozen=True)
@@ -292,5 +302,10 @@ RESOURCE_TYPES: dict[str, type[Resource]] = {
 
 def resource_from_json(data: dict[str, Any]) -> Resource:
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    if data.get("kind") in LINK_KINDS:
+        kind = LINK_KINDS[data["kind"]]
+        names = [f.name for f in dataclasses.fields(kind.spec_type)] if kind.spec_type else []
+        spec = kind.spec_type(**{n: data.pop(n) for n in names}) if kind.spec_type else None
+        return Link(**data, spec=spec)
     cls = RESOURCE_TYPES[data.pop("kind")]
     return cls(**data)

@@ -153,13 +153,14 @@ def test_rollback_of_a_removed_pod_to_pod_link_restores_it(tmp_path, clean_world
 def test_kernel_refuses_a_veth_whose_peer_is_unknown(peer, tmp_path, clean_world):
     from cnetctl.errors import KernelError
     from cnetctl.kernel import Kernel
+    from cnetctl.model.linkkinds import VethSpec
     from cnetctl.model.resources import Link
     from cnetctl.state import State
 
     kernel = Kernel("uxref", State.load("uxref", str(tmp_path)))
     try:
         with pytest.raises(KernelError, match="peer"):
-            kernel.create(Link(None, "uxref0", "veth", None, peer))
+            kernel.create(Link(None, "uxref0", "veth", spec=VethSpec(None, peer)))
     finally:
         kernel.close()
     names = all_ifnames()[None]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnetctl.load import load_topology_text
+from cnetctl.model.linkkinds import VethSpec
 from cnetctl.model.resources import Address, Link, Nat, Netns, Route, Rule, Sysctl
 from cnetctl.normalize import generated_ifname, normalize
 
@@ -65,7 +66,7 @@ def test_namespaces_links_and_generated_bridge_ports():
     port = generated_ifname("lab", "host", "br1/ns1/eth0")
     assert len(port) <= 15 and port.startswith("cn")
     veths = {(r.ns, r.ifname): r for r in res if isinstance(r, Link) and r.kind == "veth"}
-    assert veths[("lab-ns1", "eth0")].peer_ifname == port and veths[("lab-ns1", "eth0")].peer_ns is None
+    assert veths[("lab-ns1", "eth0")].spec == VethSpec(None, port)
     assert veths[(None, port)].master == "br1" and veths[(None, port)].mtu == 1400  # follows the bridge
     assert Link(None, "br1", "bridge", mtu=1400) in res
     assert Link("lab-ns1", "lo", "lo") in res  # every namespace's lo is brought up and labelled

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 
+from cnetctl.model.linkkinds import VethSpec
 from cnetctl.model.resources import Address, Link, Netns, Route, Rule, Sysctl
 from cnetctl.plan import plan
 
 NS = "t-a"
-ETH0 = Link(NS, "eth0", "veth", peer_ns=None, peer_ifname="cnx", mtu=None)
-PEER = Link(None, "cnx", "veth", peer_ns=NS, peer_ifname="eth0", master="br0")
+ETH0 = Link(NS, "eth0", "veth", mtu=None, spec=VethSpec(None, "cnx"))
+PEER = Link(None, "cnx", "veth", master="br0", spec=VethSpec(NS, "eth0"))
 BR = Link(None, "br0", "bridge")
 ADDR = Address(NS, "eth0", "10.0.0.2/24")
 ROUTE = Route(NS, socket.AF_INET, 254, "0.0.0.0/0", 0, via="10.0.0.1", scope=0)
@@ -42,7 +43,7 @@ def test_dont_care_fields_are_ignored():
 
 
 def test_update_in_place_for_mutable_fields():
-    live = Link(NS, "eth0", "veth", peer_ns=None, peer_ifname="cnx", mtu=1500, up=False)
+    live = Link(NS, "eth0", "veth", mtu=1500, up=False, spec=VethSpec(None, "cnx"))
     p = plan([ETH0], [live])
     assert [(a.op, a.changes()) for a in p.actions] == [("update", {"up": (False, True)})]
     assert p.actions[0].inverse().resource == live
@@ -57,8 +58,8 @@ def test_deletes_run_first_in_reverse_order():
 
 
 def test_recreating_a_link_recreates_what_the_kernel_takes_along():
-    moved = Link(NS, "eth0", "veth", peer_ns=None, peer_ifname="cny")
-    new_peer = Link(None, "cny", "veth", peer_ns=NS, peer_ifname="eth0", master="br0")
+    moved = Link(NS, "eth0", "veth", spec=VethSpec(None, "cny"))
+    new_peer = Link(None, "cny", "veth", master="br0", spec=VethSpec(NS, "eth0"))
     live_route = Route(NS, socket.AF_INET, 254, "0.0.0.0/0", 0, via="10.0.0.1", dev="eth0", scope=0)
     p = plan([Netns(NS), BR, moved, new_peer, ADDR, ROUTE], [Netns(NS), BR, ETH0, PEER, ADDR, live_route])
     deleted = {a.resource.key for a in p.actions if a.op == "delete"}
