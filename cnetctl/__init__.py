@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # Routing protocol number that marks routes and rules as installed by cnetctl
-# (`ip route` prints "proto 147"); SPEC §3 pins it.
+# (`ip route` prints "proto 147"); docs/SPEC.md §3 pins it.
 RTPROT_CNETCTL = 147
 
 

@@ -1,4 +1,4 @@
-"""One exception hierarchy; each class carries the exit code of SPEC §4."""
+"""One exception hierarchy; each class carries the exit code of docs/SPEC.md §4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kernel -> CurrentState: only what a topology owns, found by its labels (SPEC §3).
+"""kernel -> CurrentState: only what a topology owns, found by its labels (docs/SPEC.md §3).
 
 Also reports conflicts: objects the desired state needs whose names are taken
 by something that is not this topology's.
