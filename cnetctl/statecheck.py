@@ -117,7 +117,7 @@ def check_state(data: Any, name: str) -> tuple[dict[str, Any] | None, list[str]]
         "host_resources": _host_resources(data.get("host_resources"), problems),
         "device_originals": _device_originals(data.get("device_originals"), problems),
         "manifest": _scalar(data, "manifest", lambda v: text(v), problems),
-        "nat_backend": _scalar(data, "nat_backend", lambda v: v in ("nftables", "iptables"), problems),
+        "nat_backend": _scalar(data, "nat_backend", lambda v: v in ("auto", "nftables", "iptables"), problems),
         "applied_at": _scalar(data, "applied_at", _timestamp, problems),
     }
     return out, problems

@@ -270,6 +270,8 @@ def test_plan_and_destroy_wording(tmp_path):
     plan = cnetctl("plan", str(QUICK)).stdout
     assert "+ lo in netns quickstart-web" in plan and "lo lo" not in plan
     assert cnetctl("apply", str(QUICK), "--no-verify").returncode == 0
+    again = cnetctl("plan", str(QUICK))
+    assert "no changes" in again.stdout and again.stderr == "", again.stderr  # its own state file reads clean
     out = cnetctl("destroy", "--name", "quickstart").stdout
     assert "- sysctl net.ipv4.ip_forward in host: restore its value from before cnetctl" in out
     # Nothing of the topology stays behind in the state directory either (its lock file included).
