@@ -20,9 +20,11 @@ from typing import Any
 from .errors import Problem, TopologyError
 from .load import PathPart, Source
 from .model.linkkinds import VethSpec
+from .model.linkkinds import VxlanSpec as Vxlan
 from .model.natspec import NatSpec, canonical_order
-from .model.resources import Address, Link, Nat, Netns, Resource, Route, Rule, Sysctl
+from .model.resources import Address, Fdb, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, RouteSpec, Topology, canonical_sysctl
+from .model.topology import VxlanSpec as VxlanModel
 
 HOST = "host"
 DEFAULT_RULE_PRIORITY = 32000
@@ -193,7 +195,9 @@ class _Normalizer:
         self.declared()
         self.bridges_and_interfaces()
         self.veths()
+        self.vxlans()
         self.all_addresses()
+        self.neighbors()
         self.sysctls()
         for node, spec in self.topo.nodes.items():
             self.routes(node, spec)
@@ -281,6 +285,7 @@ class _Normalizer:
             nets = self.declared_nets.setdefault(node, [])
             ips = self.declared_ips.setdefault(node, set())
             for ifname, cidrs in [*((b, s.addresses) for b, s in spec.bridges.items()),
+                                  *((v, s.addresses) for v, s in spec.vxlans.items()),
                                   *((i, s.addresses) for i, s in spec.interfaces.items())]:
                 ifs.add(ifname)
                 for cidr in cidrs:
@@ -343,6 +348,58 @@ class _Normalizer:
                 self.resources.append(Link(self.nodes[me.node], me.ifname, "veth", mtu=mtu, master=me.master,
                                            spec=VethSpec(self.nodes[peer.node], peer.ifname)))
 
+    # --- VXLAN devices and static neighbours -------------------------------------------------------
+    def vxlans(self) -> None:
+        for node, spec in self.topo.nodes.items():
+            taken: dict[tuple[int, int, str | None], str] = {}   # the kernel refuses a second (vni, port, local)
+            for name, vx in spec.vxlans.items():
+                path: tuple[PathPart, ...] = ("nodes", node, "vxlans", name)
+                problem = self.vxlan_problem(node, name, vx, path, taken)
+                if problem:
+                    self.err.add(*problem)
+                    continue
+                taken[(vx.vni, vx.port, vx.local)] = name
+                ns = self.nodes[node]
+                dev = self.interfaces.get((node, vx.dev), vx.dev) if vx.dev else None
+                self.resources.append(Link(ns, name, "vxlan", mtu=vx.mtu, master=vx.master, spec=Vxlan(
+                    vx.vni, vx.port, vx.local, dev, vx.remote, vx.learning, vx.mac)))
+                self.resources += [Fdb(ns, name, entry.mac, entry.dst) for entry in vx.fdb]
+                self.interfaces[(node, name)] = name
+                if vx.mtu is not None:
+                    self.end_mtu[(node, name)] = (vx.mtu, _mtu_path(node, "vxlans", name))
+
+    def vxlan_problem(self, node: str, name: str, vx: VxlanModel, path: tuple[PathPart, ...],
+                      taken: dict[tuple[int, int, str | None], str]) -> tuple[tuple[PathPart, ...], str] | None:
+        spec = self.topo.nodes[node]
+        if name in spec.bridges or name in spec.interfaces or (node, name) in self.mentioned or name == "lo":
+            return path, f"{name} is already an interface of node {node!r} (a bridge, an interface or a link end)"
+        if vx.master is not None and vx.master not in spec.bridges:
+            return (*path, "master"), f"{vx.master!r} is not a bridge of node {node!r}"
+        if vx.dev is not None and node != HOST and vx.dev not in self.declared_ifs.get(node, set()):
+            return (*path, "dev"), f"node {node!r} has no interface {vx.dev!r}"
+        if vx.local is not None and node != HOST and vx.local not in self.declared_ips.get(node, set()):
+            return (*path, "local"), f"{vx.local} is not an address of node {node!r}"
+        if (vx.vni, vx.port, vx.local) in taken:
+            return (*path, "vni"), (f"vni {vx.vni} on port {vx.port} is already used by vxlans."
+                                    f"{taken[(vx.vni, vx.port, vx.local)]} of this node")
+        return None
+
+    def neighbors(self) -> None:
+        for node, spec in self.topo.nodes.items():
+            seen: dict[tuple[str, str], int] = {}
+            for k, n in enumerate(spec.neighbors):
+                path: tuple[PathPart, ...] = ("nodes", node, "neighbors", k)
+                kernel_if = self.interfaces.get((node, n.dev))
+                if kernel_if is None or (node == HOST and n.dev in spec.interfaces):
+                    self.err.add((*path, "dev"), f"{n.dev!r} is not an interface node {node!r} creates (static "
+                                 "neighbours go on the topology's own bridges, veths and VXLANs)")
+                    continue
+                if (n.dev, n.ip) in seen:
+                    self.err.add(path, f"duplicates neighbors[{seen[(n.dev, n.ip)]}] (same dev and ip)")
+                    continue
+                seen[(n.dev, n.ip)] = k
+                self.resources.append(Neighbor(self.nodes[node], kernel_if, n.ip, n.mac))
+
     def device_mtu(self, node: str, ifname: str) -> tuple[int, str] | None:
         """The MTU device `ifname` of `node` will have (None: unknown, a host device left as it is).
         A bridge without its own mtu follows its smallest port, as the kernel makes it."""
@@ -366,6 +423,7 @@ class _Normalizer:
         for node, spec in self.topo.nodes.items():
             declared: list[tuple[str, list[str], tuple[PathPart, ...]]] = [
                 (br, b.addresses, ("nodes", node, "bridges", br, "addresses")) for br, b in spec.bridges.items()]
+            declared += [(v, s.addresses, ("nodes", node, "vxlans", v, "addresses")) for v, s in spec.vxlans.items()]
             declared += [(i, s.addresses, ("nodes", node, "interfaces", i, "addresses"))
                          for i, s in spec.interfaces.items() if i not in spec.bridges]
             for ifname, cidrs, path in declared:

@@ -18,10 +18,11 @@ from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
+from .kernel.linkkinds import vxlan_spec
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
-from .model.linkkinds import VethSpec
-from .model.resources import Address, ForwardAccept, Key, Link, Nat, Netns, Resource, Route, Rule, Sysctl
+from .model.linkkinds import VethSpec, VxlanSpec
+from .model.resources import Address, Fdb, ForwardAccept, Key, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from .normalize import DesiredState
 from .state import State, other_host_owners
 
@@ -141,6 +142,9 @@ def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klink
     addresses_by_index: dict[int, list[str]] = {}
     for index, cidr in dump_addresses(ipr):
         addresses_by_index.setdefault(index, []).append(cidr)
+    # Static neighbours and VXLAN forwarding entries on an interface of ours are ours.
+    neighbors = klinks.dump_neighbors(ipr) if mine else {}
+    fdb = klinks.dump_fdb(ipr) if any(link.kind == "vxlan" and link.index in mine for link in live) else {}
     for link in live:
         is_mine = link.index in mine
         configured = ns is None and link.ifname in scope.devices
@@ -154,7 +158,14 @@ def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klink
                                  f"topology {scope.name} cannot configure it (give it a bridge of its own)")
         kind = klinks_kind(link) if is_mine else ("lo" if link.ifname == "lo" else "device")
         master = by_index[link.master].ifname if link.master in by_index else None
-        cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up))
+        spec = vxlan_spec(link, {i: x.ifname for i, x in by_index.items()}) if kind == "vxlan" else None
+        cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up, spec=spec))
+        if is_mine:
+            cur.resources += [Neighbor(ns, link.ifname, ip, mac) for ip, mac in neighbors.get(link.index, [])]
+            # The flood entry to a VXLAN's `remote` is the kernel's own, part of the device.
+            implied = ("00:00:00:00:00:00", spec.remote) if isinstance(spec, VxlanSpec) and spec.remote else None
+            cur.resources += [Fdb(ns, link.ifname, mac, dst) for mac, dst in fdb.get(link.index, [])
+                              if (mac, dst) != implied]
         for cidr in addresses_by_index.get(link.index, []):
             ip = ipaddress.ip_interface(cidr)
             if (ip.version == 6 and ip.is_link_local) or (link.ifname == "lo" and cidr in LOOPBACK_DEFAULTS):

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl, where
+from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl, on_link, where
 
 Op = Literal["create", "update", "delete"]
 SYMBOL = {"create": "+", "update": "~", "delete": "-"}
@@ -86,16 +86,11 @@ def _lives_in(res: Resource, ns: str) -> bool:
 
 
 def _dependents(link: Link, current: Iterable[Resource]) -> list[Resource]:
-    """What the kernel removes together with `link`: its addresses and the routes through it,
-    and what its kind takes along (a veth's peer)."""
+    """What the kernel removes together with `link`: what sits on it (addresses, neighbours,
+    fdb entries, routes through it) and what its kind takes along (a veth's peer)."""
     takes_along = link.link_kind.takes_along
-    out: list[Resource] = []
-    for r in current:
-        on_it = r.ns == link.ns and isinstance(r, Address | Route) and \
-            (r.ifname if isinstance(r, Address) else r.dev) == link.ifname
-        if on_it or takes_along(link, r):
-            out.append(r)
-    return out
+    here = (link.ns, link.ifname)
+    return [r for r in current if on_link(r) == here or takes_along(link, r)]
 
 
 def _address_dependents(addr: Address, cur: dict[Key, Resource], gone: set[Key]) -> list[Resource]:

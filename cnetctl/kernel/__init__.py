@@ -17,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import RTPROT_CNETCTL, owner_label
 from ..errors import KernelError
-from ..model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route, Rule, Sysctl
+from ..model.resources import Address, Fdb, ForwardAccept, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
 from . import addresses, links, nat, routes, sysctl
 from .linkkinds import KERNEL_LINK_KINDS
@@ -158,6 +158,25 @@ class Kernel:
 
     def _update_address(self, old: Address, new: Address) -> None:
         pass
+
+    # --- static neighbours and VXLAN forwarding entries (they go with their interface) -------------
+    def _create_neighbor(self, res: Neighbor) -> None:
+        links.set_neighbor(self.sockets.get(res.ns), res.dev, res.ip, res.mac)
+
+    def _update_neighbor(self, old: Neighbor, new: Neighbor) -> None:
+        self._create_neighbor(new)
+
+    def _delete_neighbor(self, res: Neighbor) -> None:
+        links.delete_neighbor(self.sockets.get(res.ns), res.dev, res.ip)
+
+    def _create_fdb(self, res: Fdb) -> None:
+        links.add_fdb(self.sockets.get(res.ns), res.dev, res.mac, res.dst)
+
+    def _update_fdb(self, old: Fdb, new: Fdb) -> None:
+        pass  # every field is its key
+
+    def _delete_fdb(self, res: Fdb) -> None:
+        links.delete_fdb(self.sockets.get(res.ns), res.dev, res.mac, res.dst)
 
     # --- sysctls ----------------------------------------------------------------------------------
     def _create_sysctl(self, res: Sysctl) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
-from ..model.linkkinds import VethSpec
+from ..model.linkkinds import VethSpec, VxlanSpec
 from ..model.resources import Link
 from . import links
 from .netns import is_errno, netns_path
@@ -60,6 +60,31 @@ def _ensure_veth(kernel: Kernel, link: Link) -> None:
     # ends are always up; the peer is brought up here too because a rollback may
     # re-create a pair from one end's record only (its delete took the peer along).
     links.configure_link(kernel.sockets.get(spec.peer_ns), spec.peer_ifname, alias=kernel.label, up=True)
+
+
+def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
+    spec = link.spec
+    assert isinstance(spec, VxlanSpec)
+    try:
+        links.create_vxlan(kernel.sockets.get(link.ns), link.ifname, spec.vni, spec.port, spec.local, spec.remote,
+                           spec.dev, spec.learning, spec.mac)
+    except NetlinkError as err:
+        if not is_errno(err, errno.EEXIST):
+            raise
+        _refuse_foreign(kernel, link)
+    # Labelled at once (the common settings follow): a crash now must leave it findable.
+    links.configure_link(kernel.sockets.get(link.ns), link.ifname, alias=kernel.label)
+
+
+def vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
+    """A VXLAN device's attributes as netlink reports them."""
+    info = dict(live.info)
+    dev = info.get("IFLA_VXLAN_LINK")
+    return VxlanSpec(vni=info.get("IFLA_VXLAN_ID") or 0, port=info.get("IFLA_VXLAN_PORT") or 0,
+                     local=info.get("IFLA_VXLAN_LOCAL") or info.get("IFLA_VXLAN_LOCAL6"),
+                     dev=names.get(dev) if dev else None,
+                     remote=info.get("IFLA_VXLAN_GROUP") or info.get("IFLA_VXLAN_GROUP6"),
+                     learning=bool(info.get("IFLA_VXLAN_LEARNING")), mac=live.mac)
 
 
 def _ensure_device(kernel: Kernel, link: Link) -> None:
@@ -107,6 +132,7 @@ class KernelLinkKind:
 KERNEL_LINK_KINDS: dict[str, KernelLinkKind] = {
     "bridge": KernelLinkKind(_ensure_bridge, _remove_owned, labelled=True),
     "veth": KernelLinkKind(_ensure_veth, _remove_owned, labelled=True),
+    "vxlan": KernelLinkKind(_ensure_vxlan, _remove_owned, labelled=True),
     "lo": KernelLinkKind(_ensure_lo, _leave, labelled=True),
     "device": KernelLinkKind(_ensure_device, _restore_device, labelled=False),
 }

@@ -32,6 +32,20 @@ class LiveLink:
     # IFLA_LINK_NETNSID: the peer's namespace, by the id this link's namespace gives it (see
     # netns_ids); None when the peer is in this link's own namespace.
     peer_netnsid: int | None = None
+    mac: str | None = None
+    # IFLA_INFO_DATA of kinds that have attributes of their own (a VXLAN's vni, port …)
+    info: tuple[tuple[str, Any], ...] = ()
+
+
+VXLAN_ATTRS = ("IFLA_VXLAN_ID", "IFLA_VXLAN_PORT", "IFLA_VXLAN_LOCAL", "IFLA_VXLAN_LOCAL6", "IFLA_VXLAN_GROUP",
+               "IFLA_VXLAN_GROUP6", "IFLA_VXLAN_LINK", "IFLA_VXLAN_LEARNING")
+
+
+def _info(msg: Any) -> tuple[tuple[str, Any], ...]:
+    if msg.get(("linkinfo", "kind")) != "vxlan":
+        return ()
+    data = msg.get(("linkinfo", "data"))
+    return tuple((name, data.get(name)) for name in VXLAN_ATTRS) if data is not None else ()
 
 
 def _live_link(msg: Any) -> LiveLink:
@@ -46,6 +60,8 @@ def _live_link(msg: Any) -> LiveLink:
         up=bool(msg["flags"] & IFF_UP),
         peer_index=msg.get("link"),
         peer_netnsid=None if nsid is None or nsid in NSID_NOT_ASSIGNED else nsid,
+        mac=msg.get("address"),
+        info=_info(msg),
     )
 
 
@@ -97,6 +113,76 @@ def create_bridge(ipr: IPRoute, ifname: str, alias: str) -> None:
     # STP off and no forward delay: ports forward at once, as docker0/cbr0 do.
     ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
     ipr.link("set", index=get_index(ipr, ifname), ifalias=alias)
+
+
+def create_vxlan(ipr: IPRoute, ifname: str, vni: int, port: int, local: str | None, remote: str | None,
+                 dev: str | None, learning: bool, mac: str | None) -> None:
+    six = any(a and ":" in a for a in (local, remote))
+    attrs: dict[str, Any] = {"vxlan_id": vni, "vxlan_port": port, "vxlan_learning": 1 if learning else 0}
+    if local:
+        attrs["vxlan_local6" if six else "vxlan_local"] = local
+    if remote:
+        attrs["vxlan_group6" if six else "vxlan_group"] = remote
+    if dev:
+        attrs["vxlan_link"] = get_index(ipr, dev)
+    if mac:
+        attrs["address"] = mac
+    ipr.link("add", ifname=ifname, kind="vxlan", **attrs)
+
+
+def dump_fdb(ipr: IPRoute) -> dict[int, list[tuple[str, str]]]:
+    """ifindex -> (mac, dst) of the VTEP entries (those with a destination: VXLAN devices)."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for msg in ipr.fdb("dump"):
+        if msg.get("dst"):
+            out.setdefault(msg["ifindex"], []).append((msg.get("lladdr"), msg.get("dst")))
+    return out
+
+
+def add_fdb(ipr: IPRoute, ifname: str, mac: str, dst: str) -> None:
+    try:
+        ipr.fdb("append", ifindex=get_index(ipr, ifname), lladdr=mac, dst=dst)
+    except NetlinkError as err:
+        if not is_errno(err, errno.EEXIST):
+            raise
+
+
+def delete_fdb(ipr: IPRoute, ifname: str, mac: str, dst: str) -> None:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return
+    try:
+        ipr.fdb("del", ifindex=found[0], lladdr=mac, dst=dst)
+    except NetlinkError as err:
+        if not is_errno(err, errno.ENOENT, errno.ENODEV):
+            raise
+
+
+NUD_PERMANENT = 0x80
+
+
+def dump_neighbors(ipr: IPRoute) -> dict[int, list[tuple[str, str]]]:
+    """ifindex -> (ip, mac) of the permanent (static) neighbour entries, one dump per namespace."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for msg in ipr.neigh("dump"):
+        if msg["state"] & NUD_PERMANENT and msg.get("lladdr") and msg.get("dst"):
+            out.setdefault(msg["ifindex"], []).append((msg.get("dst"), msg.get("lladdr")))
+    return out
+
+
+def set_neighbor(ipr: IPRoute, ifname: str, ip: str, mac: str) -> None:
+    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=get_index(ipr, ifname), state=NUD_PERMANENT)
+
+
+def delete_neighbor(ipr: IPRoute, ifname: str, ip: str) -> None:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return
+    try:
+        ipr.neigh("del", dst=ip, ifindex=found[0])
+    except NetlinkError as err:
+        if not is_errno(err, errno.ENOENT, errno.ENODEV, errno.ESRCH):
+            raise
 
 
 def create_veth(ipr: IPRoute, ifname: str, peer_ifname: str, peer_netns_path: str | None) -> None:

@@ -32,6 +32,41 @@ class VethSpec:
     peer_ifname: str | None
 
 
+@dataclass(frozen=True)
+class VxlanSpec:
+    """A VXLAN device's own attributes; None means "as the kernel chooses"."""
+
+    vni: int
+    port: int = 4789
+    local: str | None = None      # underlay source address
+    dev: str | None = None        # underlay device (same namespace)
+    remote: str | None = None     # point-to-point peer (IFLA_VXLAN_GROUP with a unicast address)
+    learning: bool = True
+    mac: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"vni {self.vni}", f"port {self.port}"]
+        parts += [f"{name} {value}" for name, value in (("local", self.local), ("remote", self.remote),
+                                                        ("dev", self.dev), ("mac", self.mac)) if value]
+        return ", ".join(parts + ([] if self.learning else ["nolearning"]))
+
+
+def _same_spec(want: object, have: object) -> bool:
+    return want == have
+
+
+def _vxlan_matches(want: object, have: object) -> bool:
+    """What the file leaves open (None: the kernel's choice, e.g. a random MAC) is not compared."""
+    if not isinstance(want, VxlanSpec) or not isinstance(have, VxlanSpec):
+        return want == have
+    return all(getattr(want, f) is None or getattr(want, f) == getattr(have, f)
+               for f in ("vni", "port", "local", "dev", "remote", "learning", "mac"))
+
+
+def _vxlan_describe(link: Link) -> str:
+    return f" ({link.spec.describe()})" if isinstance(link.spec, VxlanSpec) else ""
+
+
 def _no_peer(link: Link, other: Resource) -> bool:
     return False
 
@@ -77,12 +112,16 @@ class LinkKind:
     reaches: Callable[[Link], tuple[str | None, ...]] = _no_reach      # other namespaces it lives in
     takes_along: Callable[[Link, Resource], bool] = _no_peer           # other links the kernel deletes with it
     describe_extra: Callable[[Link], str] = _nothing
+    spec_matches: Callable[[object, object], bool] = _same_spec   # desired spec vs the kernel's
 
 
 LINK_KINDS: dict[str, LinkKind] = {k.name: k for k in (
     LinkKind("bridge", owned=True, order=0, can_be_master=True),
     LinkKind("veth", owned=True, order=1, spec_type=VethSpec, reaches=_veth_reach, takes_along=_veth_peer_dies,
              describe_extra=_veth_describe),
+    # After the underlay device it sends through (a veth of the topology, or the host's own).
+    LinkKind("vxlan", owned=True, order=2, spec_type=VxlanSpec, describe_extra=_vxlan_describe,
+             spec_matches=_vxlan_matches),
     LinkKind("lo", owned=False, order=2),
     LinkKind("device", owned=False, order=2),
 )}

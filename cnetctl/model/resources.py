@@ -109,6 +109,13 @@ class Link(Resource):
         """The namespaces this one kernel object lives in besides its own (a veth's peer's)."""
         return self.link_kind.reaches(self)
 
+    def identity_differs(self, current: Resource) -> bool:
+        assert isinstance(current, Link)
+        if not self.link_kind.spec_matches(self.spec, current.spec):
+            return True
+        return any(getattr(self, f.name) != getattr(current, f.name) for f in dataclasses.fields(self)
+                   if f.name not in self.MUTABLE and f.name != "spec")
+
     def differences(self, current: Resource) -> dict[str, tuple[Any, Any]]:
         out = super().differences(current)
         # An owned port that should have no master must be detached.
@@ -147,6 +154,46 @@ class Address(Resource):
 
     def describe(self) -> str:
         return f"address {self.cidr} on {self.ifname} in {where(self.ns)}"
+
+
+@dataclass(frozen=True)
+class Neighbor(Resource):
+    """A static (permanent) ARP/NDP entry: `ip` is at `mac` on `dev`."""
+
+    KIND: ClassVar[str] = "neighbor"
+    ORDER: ClassVar[int] = 2
+    MUTABLE: ClassVar[tuple[str, ...]] = ("mac",)
+    ns: str | None
+    dev: str
+    ip: str
+    mac: str
+
+    @property
+    def key(self) -> Key:
+        return ("neighbor", self.ns, self.dev, self.ip)
+
+    def describe(self) -> str:
+        return f"neighbor {self.ip} lladdr {self.mac} on {self.dev} in {where(self.ns)}"
+
+
+@dataclass(frozen=True)
+class Fdb(Resource):
+    """A VXLAN forwarding entry: frames for `mac` (00:00:00:00:00:00 = flood: broadcast,
+    unknown unicast) go to the VTEP at `dst`."""
+
+    KIND: ClassVar[str] = "fdb"
+    ORDER: ClassVar[int] = 2
+    ns: str | None
+    dev: str
+    mac: str
+    dst: str
+
+    @property
+    def key(self) -> Key:
+        return ("fdb", self.ns, self.dev, self.mac, self.dst)
+
+    def describe(self) -> str:
+        return f"fdb {self.mac} dst {self.dst} on {self.dev} in {where(self.ns)}"
 
 
 @dataclass(frozen=True)
@@ -296,8 +343,17 @@ class ForwardAccept(Resource):
 
 
 RESOURCE_TYPES: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Netns, Link, Address, Sysctl, Route, Rule, Nat, ForwardAccept)
+    cls.KIND: cls for cls in (Netns, Link, Address, Neighbor, Fdb, Sysctl, Route, Rule, Nat, ForwardAccept)
 }
+
+
+def on_link(res: Resource) -> tuple[str | None, str] | None:
+    """(namespace, interface) of what the kernel removes together with that interface."""
+    if isinstance(res, Address):
+        return res.ns, res.ifname
+    if isinstance(res, Neighbor | Fdb) or (isinstance(res, Route) and res.dev):
+        return res.ns, res.dev  # type: ignore[return-value]
+    return None
 
 
 def resource_from_json(data: dict[str, Any]) -> Resource:

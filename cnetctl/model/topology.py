@@ -379,10 +379,71 @@ class NatRule(Strict):
 SysctlValue = Annotated[int | str, Field(union_mode="left_to_right")]
 
 
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+
+
+def _mac(v: str) -> str:
+    mac = v.lower()
+    if not MAC_RE.match(mac):
+        raise ValueError(f"invalid MAC address {v!r}: expected six hex pairs, e.g. 02:42:0a:f4:01:00")
+    return mac
+
+
+def _unicast_mac(v: str) -> str:
+    mac = _mac(v)
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise ValueError(f"MAC address {v!r} is multicast or all-zero: an interface needs a unicast one")
+    return mac
+
+
+Mac = Annotated[str, AfterValidator(_mac)]
+UnicastMac = Annotated[str, AfterValidator(_unicast_mac)]
+VNI_MAX = 2**24 - 1
+
+
+class FdbEntry(Strict):
+    """Where frames for `mac` go; without mac, the flood entry (broadcast, unknown unicast)."""
+
+    mac: Mac = "00:00:00:00:00:00"
+    dst: IP
+
+
+class VxlanSpec(Strict):
+    vni: Annotated[int, Field(strict=True, ge=1, le=VNI_MAX)]
+    port: Port = 4789
+    local: IP | None = None
+    dev: IfName | None = None
+    remote: IP | None = None
+    fdb: list[FdbEntry] = []
+    learning: bool = True
+    mac: UnicastMac | None = None
+    mtu: Mtu | None = None
+    master: IfName | None = None
+    addresses: list[Cidr] = []
+
+    @model_validator(mode="after")
+    def _one_family(self) -> VxlanSpec:
+        given = {name: v for name, v in (("local", self.local), ("remote", self.remote)) if v}
+        given.update({f"fdb[{i}].dst": e.dst for i, e in enumerate(self.fdb)})
+        versions = {ipaddress.ip_address(v).version for v in given.values()}
+        if len(versions) > 1:
+            raise ValueError("the underlay mixes IPv4 and IPv6: " +
+                             ", ".join(f"{k} {v}" for k, v in given.items()))
+        return self
+
+
+class NeighborSpec(Strict):
+    dev: IfName
+    ip: IP
+    mac: UnicastMac
+
+
 class Node(Strict):
     netns: Annotated[str, Field(pattern=NETNS_NAME_PATTERN)] | None = None
     interfaces: dict[IfName, InterfaceSpec] = {}
     bridges: dict[IfName, BridgeSpec] = {}
+    vxlans: dict[IfName, VxlanSpec] = {}
+    neighbors: list[NeighborSpec] = []
     routes: list[RouteSpec] = []
     rules: list[RuleSpec] = []
     sysctls: dict[SysctlKey, SysctlValue] = {}
