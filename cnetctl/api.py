@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import socket
 import time
@@ -15,7 +16,7 @@ from .apply import execute, interrupted_run
 from .errors import ConflictError, KernelError, PermissionError_, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
-from .kernel.nat import backend_warnings, require_backend
+from .kernel.nat import backend_warnings, detect_backend, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
@@ -32,7 +33,16 @@ Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
 
 def validate(file: str, nat_backend: str | None = None) -> DesiredState:
     topo, src = load_topology(file)
-    return normalize(topo, src, nat_backend)
+    return normalize(topo, src, resolve_nat_backend(topo, nat_backend))
+
+
+def resolve_nat_backend(topo: Topology, chosen: str | None) -> str:
+    """The backend normalize puts NAT rules in: `chosen` (else settings.nat_backend), where `auto`
+    becomes the family the host's iptables uses, when the topology has NAT rules at all."""
+    backend = chosen or topo.settings.nat_backend
+    if backend == "auto" and any(spec.nat for spec in topo.nodes.values()):
+        backend = detect_backend()   # reads where the host's iptables points; no kernel access
+    return backend
 
 
 def require_root() -> None:
@@ -95,15 +105,18 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
 
 def _load(file: str, directory: str, flag: str | None) -> DesiredState:
     topo, src = load_topology(file)
-    return normalize(topo, src, nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend))
+    chosen = nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend)
+    return normalize(topo, src, resolve_nat_backend(topo, chosen))
+
+
 def _subnets_for(where: str, subnets: tuple[str, ...]) -> tuple[str, ...]:
     """The subnets a FORWARD chain can match: an IPv4-only chain (nft family ip, iptables) gets
     no IPv6 accepts and vice versa (forward_apply skips them, so declaring them is drift)."""
     family = where.split(" ")[0]
     if family in ("nft:ip", "iptables:filter"):
-        return tuple(s for s in subnets if ":" not in s)
+        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 4)
     if family in ("nft:ip6", "ip6tables:filter"):
-        return tuple(s for s in subnets if ":" in s)
+        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 6)
     return subnets
 
 
@@ -172,7 +185,7 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
     topo, src = load_topology(file)
     st = State.load(topo.name, state_dir(directory))
     # NAT is checked in the backend the last apply used (it may have come from --nat-backend).
-    desired = normalize(topo, src, nat_backend or st.nat_backend)
+    desired = normalize(topo, src, resolve_nat_backend(topo, nat_backend or st.nat_backend))
     require_root()
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
