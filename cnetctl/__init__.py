@@ -6,7 +6,15 @@ __version__ = "0.1.0"
 # (`ip route` prints "proto 147"); docs/SPEC.md §3 pins it.
 RTPROT_CNETCTL = 147
 
+OWNER_PREFIX = "cnetctl:"
+
 
 def owner_label(topology: str) -> str:
     """The ifalias carried by every interface (and netns `lo`) a topology owns."""
-    return f"cnetctl:{topology}"
+    return f"{OWNER_PREFIX}{topology}"
+
+
+def owner_of(label: str | None) -> str | None:
+    """The topology an ownership label names (owner_label's inverse), or None when it is not one."""
+    label = label or ""
+    return label[len(OWNER_PREFIX):] if label.startswith(OWNER_PREFIX) else None

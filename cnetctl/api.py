@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import socket
 import time
@@ -10,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import owner_label
-from .apply import execute, interrupted_run
-from .errors import ConflictError, KernelError, PermissionError_, UsageError
+from . import RTPROT_CNETCTL, owner_label, owner_of
+from .errors import ConflictError, KernelError, NotPermitted, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
-from .kernel.nat import backend_warnings, require_backend
+from .kernel.nat import backend_warnings, detect_backend, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.linkkinds import VethSpec
@@ -24,6 +24,7 @@ from .model.topology import Topology
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
+from .runner import StepHook, execute, interrupted_run
 from .state import State, TopologyLock, list_state_names, state_dir
 from .verify import CheckResult, VerifyReport, readback, run_checks
 
@@ -33,7 +34,16 @@ Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
 
 def validate(file: str, nat_backend: str | None = None) -> DesiredState:
     topo, src = load_topology(file)
-    return normalize(topo, src, nat_backend)
+    return normalize(topo, src, resolve_nat_backend(topo, nat_backend))
+
+
+def resolve_nat_backend(topo: Topology, chosen: str | None) -> str:
+    """The backend normalize puts NAT rules in: `chosen` (else settings.nat_backend), where `auto`
+    becomes the family the host's iptables uses, when the topology has NAT rules at all."""
+    backend = chosen or topo.settings.nat_backend
+    if backend == "auto" and any(spec.nat for spec in topo.nodes.values()):
+        backend = detect_backend()   # reads where the host's iptables points; no kernel access
+    return backend
 
 
 def require_root() -> None:
@@ -45,7 +55,7 @@ def require_root() -> None:
     missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
                if not caps >> bit & 1]
     if missing:
-        raise PermissionError_(f"cnetctl needs root ({' and '.join(missing)} missing): run it with sudo")
+        raise NotPermitted(f"cnetctl needs root ({' and '.join(missing)} missing): run it with sudo")
 
 
 @dataclass
@@ -96,15 +106,18 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
 
 def _load(file: str, directory: str, flag: str | None) -> DesiredState:
     topo, src = load_topology(file)
-    return normalize(topo, src, nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend))
+    chosen = nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend)
+    return normalize(topo, src, resolve_nat_backend(topo, chosen))
+
+
 def _subnets_for(where: str, subnets: tuple[str, ...]) -> tuple[str, ...]:
     """The subnets a FORWARD chain can match: an IPv4-only chain (nft family ip, iptables) gets
     no IPv6 accepts and vice versa (forward_apply skips them, so declaring them is drift)."""
     family = where.split(" ")[0]
     if family in ("nft:ip", "iptables:filter"):
-        return tuple(s for s in subnets if ":" not in s)
+        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 4)
     if family in ("nft:ip6", "ip6tables:filter"):
-        return tuple(s for s in subnets if ":" in s)
+        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 6)
     return subnets
 
 
@@ -127,7 +140,7 @@ def _raise_conflicts(current: CurrentState, name: str) -> None:
 
 def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
           progress: Progress | None = None, on_plan: Callable[[str, Plan, list[str]], None] | None = None,
-          nat_backend: str | None = None) -> ApplyResult:
+          nat_backend: str | None = None, before_step: StepHook | None = None) -> ApplyResult:
     directory = state_dir(directory)
     desired = _load(file, directory, nat_backend)
     require_root()
@@ -151,7 +164,8 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
             st.save()
             kernel = Kernel(desired.name, st, sockets)
             try:
-                execute(kernel, the_plan, progress=progress, journal=journal_path(desired.name, directory))
+                execute(kernel, the_plan, progress=progress, journal=journal_path(desired.name, directory),
+                        before_step=before_step)
             except BaseException:
                 if not _owns_anything(desired.name, st, sockets):
                     st.remove()
@@ -173,7 +187,7 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
     topo, src = load_topology(file)
     st = State.load(topo.name, state_dir(directory))
     # NAT is checked in the backend the last apply used (it may have come from --nat-backend).
-    desired = normalize(topo, src, nat_backend or st.nat_backend)
+    desired = normalize(topo, src, resolve_nat_backend(topo, nat_backend or st.nat_backend))
     require_root()
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
@@ -185,7 +199,8 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
 
 
 def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30.0,
-            progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None) -> Plan:
+            progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None,
+            before_step: StepHook | None = None) -> Plan:
     """Remove everything topology `name` owns, found by its labels and state file."""
     require_root()
     directory = state_dir(directory)
@@ -198,10 +213,11 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
             on_plan(the_plan, [f"skipped {c}; left it untouched" for c in current.conflicts])
         kernel = Kernel(name, st, sockets)
         # Forward only: a half-done destroy is finished by running destroy again.
-        execute(kernel, the_plan, rollback=False, progress=progress, journal=journal_path(name, directory))
+        execute(kernel, the_plan, rollback=False, progress=progress, journal=journal_path(name, directory),
+                before_step=before_step)
         for ns in current.owned_netns:
             st.forget_netns(ns)
-        _wait_until_gone(name, st, sockets, kernel)
+        _wait_until_gone(name, st, sockets, kernel, before_step=before_step)
         st.remove()
         lock.remove_on_exit = True   # nothing is left to lock: no <name>.lock stays behind
         return the_plan
@@ -217,7 +233,8 @@ def journal_path(name: str, directory: str) -> str:
     return os.path.join(directory, f"{name}.journal")
 
 
-def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0) -> None:
+def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0,
+                     before_step: StepHook | None = None) -> None:
     """The kernel tears a deleted namespace down asynchronously: veth peers outside it
     vanish some milliseconds later. Wait for that, and delete by hand what lingers."""
     deadline = time.monotonic() + timeout
@@ -227,7 +244,7 @@ def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, tim
         if not left:
             return
         if time.monotonic() >= deadline:
-            execute(kernel, plan([], left, collapse_netns=True), rollback=False)
+            execute(kernel, plan([], left, collapse_netns=True), rollback=False, before_step=before_step)
             left = observe(name, st, sockets).resources
             if left:
                 raise KernelError("destroy left " + ", ".join(r.describe() for r in left))
@@ -296,7 +313,7 @@ class TopologyStatus:
 def _route_json(r: Route) -> dict[str, Any]:
     return {"family": 6 if r.family == socket.AF_INET6 else 4,
             "to": "default" if r.dst in ("0.0.0.0/0", "::/0") else r.dst, "via": r.via, "dev": r.dev,
-            "src": r.src, "table": r.table, "metric": r.metric, "type": r.type, "proto": 147}
+            "src": r.src, "table": r.table, "metric": r.metric, "type": r.type, "proto": RTPROT_CNETCTL}
 
 
 def status(name: str | None = None, directory: str | None = None) -> list[TopologyStatus]:
@@ -305,8 +322,8 @@ def status(name: str | None = None, directory: str | None = None) -> list[Topolo
     with Sockets() as sockets:
         owners = scan_owners(sockets)
         names = set(list_state_names(directory)) | {o for o in owners.values() if o}
-        names |= {(link.alias or "")[len("cnetctl:"):] for link in klinks.dump_links(sockets.get(None))
-                  if (link.alias or "").startswith("cnetctl:")}
+        names |= {owner for link in klinks.dump_links(sockets.get(None))
+                  if (owner := owner_of(link.alias)) is not None}
         if name is not None:
             if name not in names:
                 raise UsageError(f"no topology named {name} is applied")

@@ -14,6 +14,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
+from .faults import hook_from_env
 from .plan import Action
 from .render import STYLE, console, err_console, plan_json, print_json, print_plan, print_report, print_status
 from .state import DEFAULT_STATE_DIR
@@ -195,7 +196,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
                               f"{c['delete']} to delete")
 
     result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
-                       progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend))
+                       progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend),
+                       before_step=hook_from_env())
     if output is Output.json:
         data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
                 "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
@@ -241,7 +243,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
             console.print(f"topology {name}: nothing to destroy")
 
     the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
-                           on_plan=announce)
+                           on_plan=announce, before_step=hook_from_env())
     if output is Output.json:
         print_json({"topology": name, "destroyed": plan_json(the_plan, name)})
     elif not the_plan.empty:

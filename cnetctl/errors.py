@@ -67,7 +67,7 @@ class Interrupted(CnetctlError):
         self.exit_code = exit_code
 
 
-class PermissionError_(CnetctlError):
+class NotPermitted(CnetctlError):
     """Not root / no CAP_NET_ADMIN: run with sudo."""
 
     exit_code = 4

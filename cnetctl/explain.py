@@ -31,6 +31,7 @@ from typing import Any, Union
 
 from pyroute2 import IPRoute
 
+from . import RTPROT_CNETCTL
 from .kernel.netns import run_in_netns
 from .kernel.routes import RTM_F_LOOKUP_TABLE, RouteAnswer, route_get  # noqa: F401  (flag documented above)
 
@@ -41,7 +42,7 @@ TABLE_NAMES = {255: "local", 254: "main", 253: "default"}
 RT_TYPES = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
             6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve"}
 PROTOS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra", 10: "mrt",
-          11: "zebra", 12: "bird", 16: "dhcp", 147: "cnetctl"}
+          11: "zebra", 12: "bird", 16: "dhcp", RTPROT_CNETCTL: "cnetctl"}
 
 # fib rule actions (linux/fib_rules.h) and flags
 FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_NOP, FR_ACT_BLACKHOLE, FR_ACT_UNREACHABLE, FR_ACT_PROHIBIT = 1, 2, 3, 6, 7, 8

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import re
 import types
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -20,54 +17,12 @@ from ruamel.yaml.reader import ReaderError
 from . import fastyaml
 from .errors import Problem, TopologyError
 from .model.topology import PATTERN_HELP, Topology
+from .source import PathPart, Source, format_path
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Values after expanding YAML aliases: far above any real manifest, far below
 # what a "billion laughs" file (aliases of aliases) would make us build.
 MAX_MANIFEST_VALUES = 1_000_000
-
-PathPart = str | int
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")   # fullmatch: `$` would let "eth0\n" pass
-
-
-def format_path(path: tuple[PathPart, ...]) -> str:
-    """('nodes', 'ns1', 'routes', 1, 'via') -> nodes.ns1.routes[1].via.
-
-    A key that is not a plain word (a sysctl's dots, a space, an empty key …) is
-    quoted, nodes.ns1.sysctls["net.ipv4.ip_forward"], so the path stays unambiguous."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _PLAIN_KEY.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part, ensure_ascii=False)}]"
-    return out
-
-
-@dataclass
-class Source:
-    """Where a manifest came from and the line of every YAML node in it."""
-
-    file: str
-    lines: dict[tuple[PathPart, ...], int] = field(default_factory=dict)
-    data: Any = None
-
-    def line_of(self, path: tuple[PathPart, ...]) -> int | None:
-        # The deepest prefix that exists: a missing key is reported on its parent.
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-        return None
-
-    def problem(self, path: tuple[PathPart, ...], message: str) -> Problem:
-        return Problem(format_path(path), message, self.line_of(path))
-
-    def fail(self, problems: list[Problem]) -> TopologyError:
-        return TopologyError(self.file, sorted(problems, key=lambda p: (p.line or 0, p.path)))
 
 
 class _TooBig(Exception):

@@ -1,6 +1,9 @@
 """Topology -> DesiredState: defaults, generated names, references, cross-checks.
 
-Pure: no kernel access. Every problem found is collected, then raised once,
+A sequence of named stages (STAGES), each a method of Normalizer that reads what the
+stages before it built and adds resources and problems; a test can run one alone.
+Pure: no kernel access, not even the NAT backend `auto` (the API resolves it before).
+Every problem found is collected, then raised once,
 so a user sees all of them in one run. A wrong reference (an unknown node) is
 the root cause of whatever cannot be resolved through it: it is reported first,
 and the checks that would only repeat it (an interface "not a link end", a
@@ -14,17 +17,18 @@ import difflib
 import hashlib
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Problem, TopologyError
-from .load import PathPart, Source
 from .model.linkkinds import VethSpec
 from .model.linkkinds import VxlanSpec as Vxlan
 from .model.natspec import NatSpec, canonical_order
 from .model.resources import Address, Fdb, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, RouteSpec, Topology, canonical_sysctl
 from .model.topology import VxlanSpec as VxlanModel
+from .source import PathPart, Source
 
 HOST = "host"
 DEFAULT_RULE_PRIORITY = 32000
@@ -98,7 +102,8 @@ def resolve_table(topo: Topology, table: int | str) -> int | None:
 
 
 def _family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+    """The family of an address or network the model has validated."""
+    return socket.AF_INET6 if ipaddress.ip_network(addr, strict=False).version == 6 else socket.AF_INET
 
 
 def _mixed_families(named: dict[str, str | None]) -> str | None:
@@ -166,13 +171,17 @@ class _Names:
 
 
 def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None = None) -> DesiredState:
-    """nat_backend overrides settings.nat_backend; "auto" is resolved from the host's iptables."""
-    return _Normalizer(topo, src or Source("<manifest>")).run(nat_backend)
+    """nat_backend overrides settings.nat_backend. It is taken as given: a caller that wants
+    `auto` to mean the host's iptables flavour resolves it first (api.resolve_nat_backend)."""
+    return Normalizer(topo, src or Source("<manifest>"), nat_backend).run()
 
 
-class _Normalizer:
-    def __init__(self, topo: Topology, src: Source):
+class Normalizer:
+    """What the stages share: the manifest, what earlier stages built, the problems found."""
+
+    def __init__(self, topo: Topology, src: Source, nat_backend: str | None = None):
         self.topo, self.src, self.name = topo, src, topo.name
+        self.nat_backend = nat_backend or topo.settings.nat_backend
         self.err = _Collector(src)
         self.names = _Names(list(topo.nodes))
         self.nodes: dict[str, str | None] = {}
@@ -188,26 +197,16 @@ class _Normalizer:
         self.declared_ifs: dict[str, set[str]] = {}
         self.declared_nets: dict[str, list[Net]] = {}
         self.declared_ips: dict[str, set[str]] = {}
+        # The result shares the collections above: every stage adds to it.
+        self.state = DesiredState(topo, self.nodes, self.resources, self.interfaces, self.addresses,
+                                  nat_backend=self.nat_backend)
 
-    def run(self, nat_backend: str | None) -> DesiredState:
-        self.namespaces()
-        self.links()
-        self.declared()
-        self.bridges_and_interfaces()
-        self.veths()
-        self.vxlans()
-        self.all_addresses()
-        self.neighbors()
-        self.sysctls()
-        for node, spec in self.topo.nodes.items():
-            self.routes(node, spec)
-            self.rules(node, spec)
-        state = DesiredState(self.topo, self.nodes, self.resources, self.interfaces, self.addresses)
-        self.checks(state)
-        state.nat_backend = self.nat(nat_backend)
+    def run(self) -> DesiredState:
+        for stage in STAGES:
+            stage(self)
         if self.err:
             raise self.err.error()
-        return state
+        return self.state
 
     # --- nodes and links ----------------------------------------------------------------------
     def namespaces(self) -> None:
@@ -442,7 +441,7 @@ class _Normalizer:
             return
         mtu = self.device_mtu(node, ifname) if ifname != "lo" else None
         for k, cidr in enumerate(cidrs):
-            ip = cidr.split("/")[0]
+            ip = str(ipaddress.ip_interface(cidr).ip)
             if ip in seen_ip:
                 self.err.add((*path, k), f"address {ip} is already assigned to {seen_ip[ip]}")
                 continue
@@ -470,6 +469,12 @@ class _Normalizer:
                 self.resources.append(Sysctl(self.nodes[node], canonical, normalize_sysctl_value(value)))
 
     # --- routes and rules -----------------------------------------------------------------------
+    def routes_and_rules(self) -> None:
+        # Node by node, routes then rules: the order the resources are listed (and planned) in.
+        for node, spec in self.topo.nodes.items():
+            self.routes(node, spec)
+            self.rules(node, spec)
+
     def routes(self, node: str, spec: Node) -> None:
         ns = self.nodes[node]
         seen_routes: dict[tuple[Any, ...], int] = {}
@@ -556,11 +561,7 @@ class _Normalizer:
                 # otherwise pick one relative to whatever rules exist at that moment).
                 priority = DEFAULT_RULE_PRIORITY - unprioritised[family]
                 unprioritised[family] += 1
-            fwmark = fwmask = None
-            if rl.fwmark is not None:
-                parts = [int(p, 16) for p in str(rl.fwmark).split("/")]
-                fwmark = parts[0]
-                fwmask = parts[1] if len(parts) > 1 else 0xFFFFFFFF
+            fwmark, fwmask = (rl.fwmark.value, rl.fwmark.rule_mask) if rl.fwmark is not None else (None, None)
             rule = Rule(ns, family, priority, table,
                         _as_cidr(rl.from_) if rl.from_ else None, _as_cidr(rl.to) if rl.to else None,
                         rl.iif, rl.oif, fwmark, fwmask)
@@ -571,6 +572,9 @@ class _Normalizer:
             self.resources.append(rule)
 
     # --- checks and NAT -------------------------------------------------------------------------
+    def check_references(self) -> None:
+        self.checks(self.state)
+
     def checks(self, state: DesiredState) -> None:
         topo = self.topo
 
@@ -612,16 +616,32 @@ class _Normalizer:
             self.err.add(path, f"{target!r} is neither an IP address nor NODE:IFNAME of an interface with an "
                                "address")
 
-    def nat(self, nat_backend: str | None) -> str:
-        backend = nat_backend or self.topo.settings.nat_backend
-        if backend == "auto" and any(spec.nat for spec in self.topo.nodes.values()):
-            from .kernel.nat import detect_backend  # reads where the host's iptables points; no kernel access
-            backend = detect_backend()
+    def nat(self) -> None:
         for node, spec in self.topo.nodes.items():
             specs = _nat_specs(node, spec.nat, self.err)
             if specs:
-                self.resources.append(Nat(self.nodes[node], backend, tuple(s.text() for s in canonical_order(specs))))
-        return backend
+                self.resources.append(Nat(self.nodes[node], self.nat_backend,
+                                          tuple(s.text() for s in canonical_order(specs))))
+
+
+Stage = Callable[[Normalizer], None]
+
+# In order: each stage reads what the ones before it built (the checks of a route look at the
+# interfaces and addresses the manifest declares, the veths need the links resolved …).
+STAGES: tuple[Stage, ...] = (
+    Normalizer.namespaces,
+    Normalizer.links,
+    Normalizer.declared,
+    Normalizer.bridges_and_interfaces,
+    Normalizer.veths,
+    Normalizer.vxlans,
+    Normalizer.all_addresses,
+    Normalizer.neighbors,
+    Normalizer.sysctls,
+    Normalizer.routes_and_rules,
+    Normalizer.check_references,
+    Normalizer.nat,
+)
 
 
 def _mtu_path(node: str, kind: str, ifname: str) -> str:
@@ -662,10 +682,10 @@ def _gateway_problem(gw: ipaddress.IPv4Address | ipaddress.IPv6Address, r: Route
 
 def resolve_target(state: DesiredState, target: str) -> str | None:
     """A check's `to`: an IP as written, or NODE:IFNAME -> that interface's first address."""
-    if ":" in target and target.split(":", 1)[0] in state.topology.nodes:
-        node, ifname = target.split(":", 1)
+    node, sep, ifname = target.partition(":")
+    if sep and node in state.topology.nodes:
         cidrs = state.addresses.get((node, ifname))
-        return cidrs[0].split("/")[0] if cidrs else None
+        return str(ipaddress.ip_interface(cidrs[0]).ip) if cidrs else None
     try:
         return str(ipaddress.ip_address(target))
     except ValueError:

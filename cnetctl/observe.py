@@ -13,7 +13,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import RTPROT_CNETCTL, owner_label
+from . import RTPROT_CNETCTL, owner_label, owner_of
 from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
@@ -183,12 +183,6 @@ def _link_conflict(cur: CurrentState, ns: str | None, link: klinks.LiveLink, sco
         owner = owner_of(link.alias)
         who = f"is owned by topology {owner}" if owner else "is a user's interface, not cnetctl's"
         cur.conflicts.append(f"interface {link.ifname} in {ns or 'host'} exists and {who}")
-
-
-def owner_of(alias: str | None) -> str | None:
-    """The topology named by an ownership label, or None."""
-    alias = alias or ""
-    return alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
 
 
 def _observe_sysctls(cur: CurrentState, state: State, wanted: dict[Key, Resource], owned: list[str]) -> None:

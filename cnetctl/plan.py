@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl, on_link, where
+from .model.linkkinds import where
+from .model.resources import Address, Key, Link, Netns, Resource, Route, Sysctl, on_link
 
 Op = Literal["create", "update", "delete"]
 SYMBOL = {"create": "+", "update": "~", "delete": "-"}

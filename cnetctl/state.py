@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LockedError, PermissionError_, UsageError
+from .errors import LockedError, NotPermitted, UsageError
 from .model.resources import Resource, resource_from_json
 from .model.topology import canonical_sysctl, is_topology_name
 from .statecheck import NOTHING, check_state, read_private
@@ -265,7 +265,7 @@ class TopologyLock:
         try:
             os.makedirs(self.directory, mode=0o755, exist_ok=True)
         except PermissionError as err:
-            raise PermissionError_(f"cannot write the state directory {self.directory}: {err.strerror}; "
+            raise NotPermitted(f"cannot write the state directory {self.directory}: {err.strerror}; "
                                    "run as root (sudo) or set --state-dir") from err
         check_state_dir(self.directory)
         deadline = time.monotonic() + self.timeout
@@ -285,7 +285,7 @@ class TopologyLock:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except PermissionError as err:
-            raise PermissionError_(f"cannot write the state directory {self.directory}: {err.strerror}; "
+            raise NotPermitted(f"cannot write the state directory {self.directory}: {err.strerror}; "
                                    "run as root (sudo) or set --state-dir") from err
         except OSError as err:
             if err.errno == errno.ELOOP:

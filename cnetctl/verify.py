@@ -315,7 +315,7 @@ def run_tcp(desired: DesiredState, check: Check) -> CheckResult:
 def run_route(desired: DesiredState, check: Check, sockets: Sockets) -> CheckResult:
     spec = check.spec
     fields = _check_fields(check)
-    fwmark = int(str(spec.fwmark).split("/")[0], 16) if spec.fwmark is not None else None
+    fwmark = spec.fwmark.value if spec.fwmark is not None else None
     answer = route_get(sockets.get(desired.ns_of(spec.node)), spec.to, src=spec.from_, iif=spec.iif, fwmark=fwmark)
     fields["actual"] = answer.to_json()
     expect = spec.expect

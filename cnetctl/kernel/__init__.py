@@ -8,6 +8,7 @@ is what was asked for; deleting what is gone succeeds.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -42,7 +43,7 @@ def likely_cause(code: int, res: Resource) -> str:
     cause = _CAUSES.get(code)
     if code == errno.EINVAL:
         cause = "the kernel refused a value"
-        if isinstance(res, Address) and ":" in res.cidr:
+        if isinstance(res, Address) and ipaddress.ip_interface(res.cidr).version == 6:
             cause += " (IPv6 needs an MTU of at least 1280 on that link)"
     return f"; likely cause: {cause}" if cause else ""
 

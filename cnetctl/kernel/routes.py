@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -149,7 +150,7 @@ ROUTE_GET_ERRORS = {errno.EHOSTUNREACH: "unreachable", errno.EINVAL: "blackhole"
 def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = None,
               fwmark: int | None = None) -> RouteAnswer:
     """RTM_GETROUTE with RTM_F_LOOKUP_TABLE, so the reply names the table a rule chose."""
-    family = socket.AF_INET6 if ":" in to else socket.AF_INET
+    family = socket.AF_INET6 if ipaddress.ip_address(to).version == 6 else socket.AF_INET
     args: dict[str, Any] = dict(family=family, dst=to, flags=RTM_F_LOOKUP_TABLE)
     if src:
         args["src"] = src

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    model_validator,
+)
+from pydantic_core import CoreSchema, core_schema
 
 # Name patterns. The *_PATTERN strings go to pydantic and the JSON Schema, where `$` means the
 # end of the text; the compiled *_RE end in \Z because Python's `$` also matches before a
@@ -186,8 +195,33 @@ def _sysctl_key(v: str) -> str:
     return v
 
 
-def _fwmark(v: int | str) -> str:
-    """fwmark as 'VALUE' or 'VALUE/MASK' (decimal or 0x hex), normalised to hex."""
+class Fwmark(NamedTuple):
+    """A packet mark as a manifest writes it, 'VALUE' or 'VALUE/MASK' (decimal or 0x hex),
+    parsed once here: nothing downstream splits the text again."""
+
+    value: int
+    mask: int | None = None   # None: none written; a rule then compares every bit
+
+    @property
+    def rule_mask(self) -> int:
+        """The mask a policy rule matches with (the kernel's default: every bit)."""
+        return U32_MAX if self.mask is None else self.mask
+
+    def text(self) -> str:
+        """In hex, as written: 0x10 or 0x10/0xff."""
+        return "/".join(hex(n) for n in (self.value, self.mask) if n is not None)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # Validated as what a manifest may write (an integer or a string: the JSON Schema says
+        # so), then parsed; a report (model_dump) quotes it back as its text.
+        return core_schema.no_info_after_validator_function(
+            _fwmark, handler.generate_schema(StrictInt | str),
+            serialization=core_schema.plain_serializer_function_ser_schema(cls.text))
+
+
+def _fwmark(v: int | str) -> Fwmark:
+    """fwmark as 'VALUE' or 'VALUE/MASK' (decimal or 0x hex)."""
     text = str(v)
     parts = text.split("/")
     try:
@@ -198,7 +232,7 @@ def _fwmark(v: int | str) -> str:
         raise ValueError(f"invalid fwmark {text!r}: expected 0x10 or 0x10/0xff") from None
     if any(n < 0 or n > U32_MAX for n in nums):
         raise ValueError(f"fwmark {text!r} out of range 0..0xffffffff")
-    return "/".join(hex(n) for n in nums)
+    return Fwmark(nums[0], nums[1] if len(nums) > 1 else None)
 
 
 def _table(v: int | str) -> int | str:
@@ -255,7 +289,6 @@ IpOrNetwork = Annotated[str, AfterValidator(_ip_or_network)]
 IfNameMaybeNegated = Annotated[str, AfterValidator(_ifname_maybe_negated)]
 SysctlKey = Annotated[str, AfterValidator(_sysctl_key)]
 StrictInt = Annotated[int, Field(strict=True)]   # `true` is not 1
-Fwmark = Annotated[StrictInt | str, AfterValidator(_fwmark)]
 Table = Annotated[StrictInt | str, AfterValidator(_table)]
 Scope = Annotated[StrictInt | str, AfterValidator(_scope)]
 Endpoint = Annotated[str, AfterValidator(_endpoint)]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cnetctl import api
-from cnetctl.apply import Journal, interrupted_run
 from cnetctl.errors import CnetctlError, TopologyError, UsageError
 from cnetctl.load import load_topology_text
 from cnetctl.model.resources import Sysctl
 from cnetctl.model.topology import NETNS_NAME_RE, NODE_NAME_RE, TABLE_NAME_RE, TOPOLOGY_NAME_RE
 from cnetctl.normalize import normalize
+from cnetctl.runner import Journal, interrupted_run
 from cnetctl.state import State, TopologyLock
 
 

@@ -1,4 +1,4 @@
-"""Execute a Plan; on failure undo, in reverse, what this run did."""
+"""Run a Plan, step by step; on failure undo, in reverse, what this run did."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 import os
 import signal
 import stat
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -19,12 +17,6 @@ from .kernel import Kernel
 from .kernel.netns import signals_deferred
 from .plan import Action, Plan
 from .statecheck import check_journal_entry, read_private_bytes
-
-# Test hooks (like CNI's debugPostIPAMError): fail, or SIGKILL this process, right
-# before the N-th kernel operation (1-based).
-FAULT_ENV = "CNETCTL_FAULT_AT"
-KILL_ENV = "CNETCTL_KILL_AT"
-PAUSE_ENV = "CNETCTL_PAUSE_AT"   # announce on stderr and sleep, so a test can signal mid-run
 
 
 class Journal:
@@ -92,10 +84,6 @@ def interrupted_run(path: str) -> str | None:
     return f"step {step} ({text})"
 
 
-class InjectedFault(KernelError):
-    pass
-
-
 def run_action(kernel: Kernel, action: Action) -> None:
     if action.op == "create":
         kernel.create(action.resource)
@@ -107,10 +95,13 @@ def run_action(kernel: Kernel, action: Action) -> None:
 
 
 Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), the action being run
+# Called with the step number (1-based) and its action right before the kernel sees it, once
+# the journal names it; may raise (a KernelError is rolled back like the kernel's own).
+StepHook = Callable[[int, Action], None]
 
 
 def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str | None = None,
-            progress: Progress | None = None) -> list[Action]:
+            progress: Progress | None = None, before_step: StepHook | None = None) -> list[Action]:
     """Run every action; return the ones done. On a KernelError, Ctrl-C or SIGTERM, undo
     them and raise an error that says so."""
     done: list[Action] = []
@@ -120,7 +111,8 @@ def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str |
             if progress:
                 progress("apply", action)
             log.write({"start": i, "op": action.op, "text": action.describe(), "resource": action.resource.to_json()})
-            _test_hooks(i, action)
+            if before_step:
+                before_step(i, action)
             # A signal takes effect between two actions, never inside one: each action is
             # either done (and counted, so undone) or not started.
             with signals_deferred():
@@ -140,26 +132,6 @@ def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str |
         raise _rolled_back(err, len(done), undo_errors) from err
     log.close(remove=True)
     return done
-
-
-def _test_hooks(i: int, action: Action) -> None:
-    """Fault injection for the safety tests (like CNI's debugPostIPAMError): fail, SIGKILL
-    this process, or pause right before the i-th kernel operation (1-based)."""
-    if i == _env_int(KILL_ENV):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if i == _env_int(PAUSE_ENV):
-        sys.stderr.write(f"cnetctl: paused before step {i}\n")
-        sys.stderr.flush()
-        time.sleep(60)
-    if i == _env_int(FAULT_ENV):
-        raise InjectedFault(f"{action.op} {action.resource.describe()}: injected fault ({FAULT_ENV}={i})")
-
-
-def _env_int(name: str) -> int:
-    try:
-        return int(os.environ.get(name, "0") or 0)
-    except ValueError:
-        return 0
 
 
 def _interrupted(err: BaseException, outcome: str) -> Interrupted | None:
