@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from cnetctl.checks import CheckContext
+from cnetctl.checks.mesh import mesh_nodes
+from cnetctl.checks.source import address_owner
 from cnetctl.kernel.probe import Echo, Prober, _checksum
 from cnetctl.load import load_topology_text
 from cnetctl.normalize import normalize
 from cnetctl.render import console, print_report
-from cnetctl.verify import CheckResult, VerifyReport, address_owner, mesh_nodes
+from cnetctl.verify import CheckResult, VerifyReport
 
 MANIFEST = """
 apiVersion: cnetctl/v1
@@ -102,16 +105,16 @@ def test_report_renders_mesh_and_source_rows_with_expected_vs_actual():
 
 
 def test_a_mesh_of_one_node_has_no_pairs_and_passes_but_no_addresses_fails():
-    from cnetctl.verify import start_mesh
+    from cnetctl.checks.mesh import start as start_mesh
     d = desired()
     one = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [a]}}"), "t.yaml")
     d1 = normalize(*one)
     with Prober() as p:
-        (res,) = start_mesh(d1, d1.topology.checks[0], p)()
+        res = start_mesh(CheckContext(d1, p, None), d1.topology.checks[0].spec)()
         assert res.ok and res.fields["pairs"] == 0 and "no pairs" in res.detail
         v6 = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [b, host], family: ipv6}}"),
                                 "t.yaml")
         d6 = normalize(*v6)
-        (res,) = start_mesh(d6, d6.topology.checks[0], p)()
+        res = start_mesh(CheckContext(d6, p, None), d6.topology.checks[0].spec)()
         assert not res.ok and "no ipv6 addresses" in res.detail
     assert d.name == "t"
