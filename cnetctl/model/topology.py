@@ -553,7 +553,7 @@ class _AnyCheck(Strict):
 
 
 _ALL_OPTIONAL: dict[str, Any] = {spec.kind: (spec | None, None) for spec in CHECK_SPECS}
-_ANY_CHECK = create_model("Check", __base__=_AnyCheck, **_ALL_OPTIONAL)
+_ANY_CHECK = create_model("AnyCheck", __base__=_AnyCheck, **_ALL_OPTIONAL)
 
 
 def _tag(kind: str) -> str:
