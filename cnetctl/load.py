@@ -7,7 +7,7 @@ import os
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
@@ -383,11 +383,37 @@ def _unwrap(tp: Any) -> Any:
         return tp
 
 
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _union_models(tp: Any) -> list[tuple[str | None, type[BaseModel]]]:
+    """A union whose every member is a model (a `checks:` item): (its Tag, if any, model) per member."""
+    if get_origin(tp) not in (Union, types.UnionType):
+        return []
+    out = []
+    for member in get_args(tp):
+        tags = [m.tag for m in get_args(member)[1:] if isinstance(m, Tag)] if get_origin(member) is Annotated else []
+        model = _unwrap(member)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        out.append((tags[0] if tags else None, model))
+    return out
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
     """The keys the model at pydantic location `loc` accepts (as written in YAML), if known."""
     tp: Any = Topology
     for part in loc:
         tp = _unwrap(tp)
+        members = _union_models(tp)
+        if members:
+            # A union of models: the member the part is the tag of, or the one that has the part as a key.
+            tagged = [m for tag, m in members if tag == part]
+            if tagged:
+                tp = tagged[0]
+                continue
+            tp = next((m for _, m in members if part in _keys(m)), None)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             found = [f for name, f in tp.model_fields.items() if part in (name, f.alias)]
             if found:
@@ -404,8 +430,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
             return None
     tp = _unwrap(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [f.alias or name for name, f in tp.model_fields.items()]
-    return None
+        return _keys(tp)
+    members = _union_models(tp)
+    return [k for _, m in members for k in _keys(m)] or None
 
 
 def _pydantic_problems(src: Source, err: ValidationError) -> list[Problem]:

@@ -576,30 +576,22 @@ class Normalizer:
         self.checks(self.state)
 
     def checks(self, state: DesiredState) -> None:
-        topo = self.topo
+        """Every name a check refers to (its spec's refs(): nodes, targets, tables) resolves."""
+        resolvers = {"node": self.node_ref, "target": self.target_ref, "table": self.table_ref}
+        for k, check in enumerate(self.topo.checks):
+            for ref in check.spec.refs():
+                resolvers[ref.what](state, ("checks", k, check.kind, *ref.path), ref.value)
 
-        def node_ref(path: tuple[PathPart, ...], node: str) -> None:
-            if node not in topo.nodes:
-                self.err.add(path, self.names.unknown(node), root=True)
+    def node_ref(self, state: DesiredState, path: tuple[PathPart, ...], node: str | int) -> None:
+        if node not in self.topo.nodes:
+            self.err.add(path, self.names.unknown(str(node)), root=True)
 
-        for k, check in enumerate(topo.checks):
-            base: tuple[PathPart, ...] = ("checks", k, check.kind)
-            spec = check.spec
-            if check.kind in ("ping", "source", "tcp"):
-                node_ref((*base, "from"), spec.from_)
-                self.target_ref(state, (*base, "to"), spec.to)
-            if check.kind == "route":
-                node_ref((*base, "node"), spec.node)
-                if spec.expect.table is not None and resolve_table(topo, spec.expect.table) is None:
-                    self.err.add((*base, "expect", "table"),
-                                 f"unknown table {spec.expect.table!r} (define it under tables:)")
-            if check.kind == "mesh" and spec.nodes != "all":
-                for j, n in enumerate(spec.nodes):
-                    node_ref((*base, "nodes", j), n)
-            if check.kind == "tcp":
-                node_ref((*base, "serve", "node"), spec.serve.node)
+    def table_ref(self, state: DesiredState, path: tuple[PathPart, ...], table: str | int) -> None:
+        if resolve_table(self.topo, table) is None:
+            self.err.add(path, f"unknown table {table!r} (define it under tables:)")
 
-    def target_ref(self, state: DesiredState, path: tuple[PathPart, ...], target: str) -> None:
+    def target_ref(self, state: DesiredState, path: tuple[PathPart, ...], target: str | int) -> None:
+        target = str(target)
         if resolve_target(state, target) is not None:
             return
         node, _, ifname = target.partition(":")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .plan import Plan
-from .verify import VerifyReport
+from .verify import VerifyReport, describe
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,22 +48,8 @@ def print_report(report: VerifyReport) -> None:
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for i, check in enumerate(report.checks, 1):
-        f = check.fields
-        if check.kind == "ping":
-            what = f"{f.get('from')} -> {f.get('to')}" + (f" (expect {f['expect']})" if f.get("expect") != "reachable"
-                                                            else "")
-        elif check.kind == "route":
-            what = f"{f.get('node')}: to {f.get('to')}" + (f" from {f['from']}" if f.get("from") else "")
-        elif check.kind == "readback":
-            what = "declared = live"
-        elif check.kind == "mesh":
-            nodes = f.get("nodes")
-            what = f"{'all nodes' if nodes == 'all' else ', '.join(nodes or [])} ({f.get('family')})"
-        elif check.kind == "source":
-            what = f"{f.get('from')} -> {f.get('to')} udp/{f.get('port')} (expect source {f.get('expect')})"
-        else:
-            what = ", ".join(f"{k}={v}" for k, v in f.items() if k in ("from", "to", "nodes", "family", "port"))
-        table.add_row(str(i), check.kind, what, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
+        table.add_row(str(i), check.kind, describe(check), "[green]ok[/]" if check.ok else "[red]FAIL[/]",
+                      check.detail)
     console.print(table)
     console.print(f"{report.passed} passed, {report.failed} failed")
 

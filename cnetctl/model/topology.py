@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     GetCoreSchemaHandler,
+    Tag,
+    create_model,
     model_validator,
 )
 from pydantic_core import CoreSchema, core_schema
@@ -489,12 +493,40 @@ class Node(Strict):
         return self
 
 
-class PingCheck(Strict):
+# --- checks ---------------------------------------------------------------------------------------
+# A `checks:` item is `{KIND: SPEC}`. Each kind is one CheckSpec subclass in CHECK_SPECS (its fields
+# and the names it refers to); cnetctl/checks/ says how it runs and how a report shows it.
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A name a check refers to, which normalize resolves (and refuses when it cannot)."""
+
+    what: Literal["node", "target", "table"]   # a node; an IP or NODE:IFNAME to aim at; a routing table
+    path: tuple[str | int, ...]                 # below the check's spec, as written in YAML
+    value: str | int
+
+
+class CheckSpec(Strict):
+    """What one kind of check takes: the value under its key in a `checks:` item."""
+
+    kind: ClassVar[str]
+
+    def refs(self) -> list[Ref]:
+        """The nodes, targets and tables this check names, for normalize to resolve."""
+        return []
+
+
+class PingCheck(CheckSpec):
+    kind: ClassVar[str] = "ping"
     from_: str = Field(alias="from")
     to: str
     count: Annotated[int, Field(strict=True, ge=1, le=100)] = 1
     timeout: float = _timeout(1.0)
     expect: Literal["reachable", "unreachable"] = "reachable"
+
+    def refs(self) -> list[Ref]:
+        return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to)]
 
 
 class RouteExpect(Strict):
@@ -506,7 +538,8 @@ class RouteExpect(Strict):
     type: Literal["unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit", "none"] | None = None
 
 
-class RouteCheck(Strict):
+class RouteCheck(CheckSpec):
+    kind: ClassVar[str] = "route"
     node: str
     to: IP
     from_: IP | None = Field(None, alias="from")
@@ -514,11 +547,19 @@ class RouteCheck(Strict):
     fwmark: Fwmark | None = None
     expect: RouteExpect
 
+    def refs(self) -> list[Ref]:
+        table = [Ref("table", ("expect", "table"), self.expect.table)] if self.expect.table is not None else []
+        return [Ref("node", ("node",), self.node), *table]
 
-class MeshCheck(Strict):
+
+class MeshCheck(CheckSpec):
+    kind: ClassVar[str] = "mesh"
     nodes: Literal["all"] | list[str] = "all"
     family: Literal["ipv4", "ipv6", "both"] = "both"
     timeout: float = _timeout(1.0)
+
+    def refs(self) -> list[Ref]:
+        return [] if self.nodes == "all" else [Ref("node", ("nodes", j), n) for j, n in enumerate(self.nodes)]
 
 
 def _preserved_or_ip(v: str) -> str:
@@ -530,12 +571,16 @@ def _preserved_or_ip(v: str) -> str:
         raise ValueError(f"expect is 'preserved' or the source IP the server should see, got {v!r}") from None
 
 
-class SourceCheck(Strict):
+class SourceCheck(CheckSpec):
+    kind: ClassVar[str] = "source"
     from_: str = Field(alias="from")
     to: str
     port: Port = 7777
     expect: Annotated[str, AfterValidator(_preserved_or_ip)] = "preserved"
     timeout: float = _timeout(2.0)
+
+    def refs(self) -> list[Ref]:
+        return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to)]
 
 
 class TcpServe(Strict):
@@ -543,36 +588,93 @@ class TcpServe(Strict):
     port: Port
 
 
-class TcpCheck(Strict):
+class TcpCheck(CheckSpec):
+    kind: ClassVar[str] = "tcp"
     from_: str = Field(alias="from")
     to: str
     port: Port
     serve: TcpServe
     timeout: float = _timeout(2.0)
 
+    def refs(self) -> list[Ref]:
+        return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to),
+                Ref("node", ("serve", "node"), self.serve.node)]
 
-CHECK_KINDS = ("ping", "route", "mesh", "source", "tcp")
+
+# Every kind, in the order error messages list them.
+CHECK_SPECS: tuple[type[CheckSpec], ...] = (PingCheck, RouteCheck, MeshCheck, SourceCheck, TcpCheck)
+CHECK_KINDS = tuple(spec.kind for spec in CHECK_SPECS)
 
 
 class Check(Strict):
-    ping: PingCheck | None = None
-    route: RouteCheck | None = None
-    mesh: MeshCheck | None = None
-    source: SourceCheck | None = None
-    tcp: TcpCheck | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Check:
-        _exactly_one(self, CHECK_KINDS, "a check")
-        return self
+    """One `checks:` item: a subclass per kind (made by _item_model), whose one field is its spec."""
 
     @property
     def kind(self) -> str:
-        return next(k for k in CHECK_KINDS if getattr(self, k) is not None)
+        return next(iter(type(self).model_fields))
 
     @property
-    def spec(self) -> Any:
-        return getattr(self, self.kind)
+    def spec(self) -> CheckSpec:
+        spec = getattr(self, self.kind)
+        assert isinstance(spec, CheckSpec)
+        return spec
+
+
+def _item_model(spec: type[CheckSpec]) -> type[Check]:
+    """`{KIND: SPEC}` as a model: the manifest's syntax, and in the JSON Schema one `oneOf` member."""
+    field: dict[str, Any] = {spec.kind: (spec, ...)}
+    return create_model(f"{spec.__name__}Item", __base__=Check, **field)
+
+
+_ITEMS = {spec.kind: _item_model(spec) for spec in CHECK_SPECS}
+
+
+class _AnyCheck(Strict):
+    """Every kind optional: what an item that is not `{KIND: SPEC}` is parsed as, so that its errors
+    are the ones a user can act on (an unknown key and the kinds allowed, 'exactly one of …')."""
+
+    @model_validator(mode="after")
+    def _one(self) -> _AnyCheck:
+        _exactly_one(self, CHECK_KINDS, "a check")
+        return self
+
+
+_ALL_OPTIONAL: dict[str, Any] = {spec.kind: (spec | None, None) for spec in CHECK_SPECS}
+_ANY_CHECK = create_model("AnyCheck", __base__=_AnyCheck, **_ALL_OPTIONAL)
+
+
+def _tag(kind: str) -> str:
+    # A location part with '[' is a type tag to load.py, not a YAML key: errors stay at checks[0].ping.to.
+    return f"check[{kind}]"
+
+
+def _check_tag(v: Any) -> str | None:
+    if isinstance(v, Check):
+        return _tag(v.kind)
+    if isinstance(v, dict) and len(v) == 1:
+        return _tag(next(iter(v)))
+    return None
+
+
+def _one_kind(v: Any) -> Any:
+    """`{KIND: SPEC}` goes on to its kind; anything else fails as the item with every kind optional.
+    A kind given as null counts as not given, as it always has: `{mesh: {}, ping: null}` is a mesh."""
+    if isinstance(v, Check):
+        return v
+    if isinstance(v, dict):
+        given = {k: x for k, x in v.items() if not (k in _ITEMS and x is None)}
+        if len(given) == 1 and next(iter(given)) in _ITEMS:
+            return given
+    _ANY_CHECK.model_validate(v)
+    raise AssertionError(f"a check that is not {{KIND: SPEC}} passed: {v!r}")   # _AnyCheck refuses it
+
+
+if TYPE_CHECKING:
+    AnyCheck = Check
+else:
+    # A tagged union: the item's one key picks the model; `check.spec` is that kind's CheckSpec.
+    AnyCheck = Annotated[Union[tuple(Annotated[m, Tag(_tag(k))] for k, m in _ITEMS.items())],
+                         Discriminator(_check_tag), BeforeValidator(_one_kind)]
 
 
 class Topology(Strict):
@@ -583,4 +685,4 @@ class Topology(Strict):
                  U32NonZero] = {}
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME_PATTERN)], Node]
     links: list[Link] = []
-    checks: list[Check] = []
+    checks: list[AnyCheck] = []

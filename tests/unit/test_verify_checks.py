@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from cnetctl.checks import CheckContext
+from cnetctl.checks.mesh import mesh_nodes
+from cnetctl.checks.source import address_owner
 from cnetctl.kernel.probe import Echo, Prober, _checksum
 from cnetctl.load import load_topology_text
 from cnetctl.normalize import normalize
 from cnetctl.render import console, print_report
-from cnetctl.verify import CheckResult, VerifyReport, address_owner, mesh_nodes
+from cnetctl.verify import CheckResult, VerifyReport
 
 MANIFEST = """
 apiVersion: cnetctl/v1
@@ -102,16 +105,147 @@ def test_report_renders_mesh_and_source_rows_with_expected_vs_actual():
 
 
 def test_a_mesh_of_one_node_has_no_pairs_and_passes_but_no_addresses_fails():
-    from cnetctl.verify import start_mesh
+    from cnetctl.checks.mesh import start as start_mesh
     d = desired()
     one = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [a]}}"), "t.yaml")
     d1 = normalize(*one)
     with Prober() as p:
-        (res,) = start_mesh(d1, d1.topology.checks[0], p)()
+        res = start_mesh(CheckContext(d1, p, None), d1.topology.checks[0].spec)()
         assert res.ok and res.fields["pairs"] == 0 and "no pairs" in res.detail
         v6 = load_topology_text(MANIFEST.replace("  - {mesh: {}}", "  - {mesh: {nodes: [b, host], family: ipv6}}"),
                                 "t.yaml")
         d6 = normalize(*v6)
-        (res,) = start_mesh(d6, d6.topology.checks[0], p)()
+        res = start_mesh(CheckContext(d6, p, None), d6.topology.checks[0].spec)()
         assert not res.ok and "no ipv6 addresses" in res.detail
     assert d.name == "t"
+
+
+# --- the table of check kinds ---------------------------------------------------------------------
+
+ONE_OF_EACH = """
+  - {ping: {from: a, to: "b:eth0"}}
+  - {route: {node: a, to: 10.0.0.3, expect: {dev: eth0}}}
+  - {mesh: {}}
+  - {source: {from: a, to: "b:eth0"}}
+  - {tcp: {from: a, to: "b:eth0", port: 80, serve: {node: b, port: 80}}}
+"""
+
+
+def test_every_kind_is_one_entry_whose_model_its_items_parse_into():
+    from cnetctl.checks import KINDS
+    from cnetctl.model.topology import CHECK_KINDS, CHECK_SPECS
+
+    assert list(KINDS) == list(CHECK_KINDS) == ["ping", "route", "mesh", "source", "tcp"]
+    assert [k.spec for k in KINDS.values()] == list(CHECK_SPECS)
+    topo, _ = load_topology_text(MANIFEST.split("checks:")[0] + "checks:" + ONE_OF_EACH, "t.yaml")
+    assert [c.kind for c in topo.checks] == list(CHECK_KINDS)
+    assert [type(c.spec) for c in topo.checks] == list(CHECK_SPECS)
+
+
+def test_the_schema_gives_checks_items_as_one_of_kind_spec():
+    from cnetctl.model.topology import CHECK_KINDS, Topology
+
+    schema = Topology.model_json_schema(by_alias=True)
+    members = [schema["$defs"][m["$ref"].split("/")[-1]] for m in schema["properties"]["checks"]["items"]["oneOf"]]
+    assert [m["required"] for m in members] == [[k] for k in CHECK_KINDS]
+    assert all(m["additionalProperties"] is False and list(m["properties"]) == m["required"] for m in members)
+
+
+def _fake_kinds(log: list[tuple[str, str]]):
+    """ping/mesh as Probe, source as Pooled, route as Serial; each logs the thread it ran in."""
+    import threading
+
+    from cnetctl.checks import KINDS, CheckKind, CheckResult, Pooled, Probe, Serial
+
+    def note(kind: str) -> CheckResult:
+        log.append((kind, threading.current_thread().name))
+        return CheckResult(kind, True, f"{kind} ran")
+
+    def start(ctx, spec):
+        if spec.kind == "mesh":
+            raise RuntimeError("no prober today")
+        log.append((f"{spec.kind} sent", threading.current_thread().name))
+        return lambda: note(spec.kind)
+
+    def pooled(ctx, spec):
+        if spec.port == 1:
+            raise OSError("listener gone")
+        return note("source")
+
+    return {"ping": CheckKind(KINDS["ping"].spec, Probe(start), str),
+            "mesh": CheckKind(KINDS["mesh"].spec, Probe(start), str),
+            "source": CheckKind(KINDS["source"].spec, Pooled(pooled), str),
+            "route": CheckKind(KINDS["route"].spec, Serial(lambda ctx, spec: note("route")), str)}
+
+
+def test_run_checks_runs_each_kind_its_own_way_in_manifest_order_and_leaves_no_thread():
+    import threading
+
+    from cnetctl.verify import run_checks
+
+    checks = ONE_OF_EACH + '  - {source: {from: a, to: "b:eth0", port: 1}}\n'
+    topo, src = load_topology_text(MANIFEST.split("checks:")[0] + "checks:" + checks, "t.yaml")
+    d = normalize(topo, src)
+    log: list[tuple[str, str]] = []
+    threads = threading.active_count()
+    results = run_checks(d, None, _fake_kinds(log))   # type: ignore[arg-type]
+    assert threading.active_count() == threads
+    here = threading.current_thread().name
+    assert [(r.kind, r.ok) for r in results] == [("ping", True), ("route", True), ("mesh", False), ("source", True),
+                                                ("tcp", False), ("source", False)]
+    assert results[2].detail == "could not run: no prober today" and results[2].fields["nodes"] == "all"
+    assert results[4].detail == "check kind tcp is not supported yet" and results[4].fields["port"] == 80
+    assert results[5].detail == "could not run: listener gone" and results[5].fields["port"] == 1
+    # Probes are sent while launching, before anything is collected; route runs here, the source check not.
+    assert log[0] == ("ping sent", here) and ("route", here) in log and ("ping", here) in log
+    assert [t for k, t in log if k == "source"] != [here]
+
+
+def test_report_says_what_each_kind_checked():
+    report = VerifyReport("t", [
+        CheckResult("readback", True, "7 declared resources live and as declared", {"resources": 7}),
+        CheckResult("ping", True, "1/1 replies", {"from": "a", "to": "b:eth0", "expect": "reachable"}),
+        CheckResult("ping", True, "no reply", {"from": "a", "to": "10.0.0.9", "expect": "unreachable"}),
+        CheckResult("route", True, "kernel chose …", {"node": "a", "to": "10.0.0.3", "from": "10.0.0.2"}),
+        CheckResult("tcp", True, "arrived", {"from": "a", "to": "b:eth0", "port": 80, "serve": {"node": "b"}}),
+    ])
+    from cnetctl.verify import describe
+    assert [describe(c) for c in report.checks] == [
+        "declared = live", "a -> b:eth0", "a -> 10.0.0.9 (expect unreachable)", "a: to 10.0.0.3 from 10.0.0.2",
+        "from=a, to=b:eth0, port=80"]
+
+
+def test_source_and_tcp_judge_what_the_kernel_probes_saw():
+    from cnetctl.checks import source, tcp
+    from cnetctl.kernel.transport import TcpOutcome, UdpOutcome
+    from cnetctl.model.topology import SourceCheck, TcpCheck
+
+    spec = SourceCheck.model_validate({"from": "a", "to": "b:eth0"})
+    res = source.judge(spec, "b", "10.0.0.3", UdpOutcome(sender="10.0.0.2", seen="10.0.0.1"), {})
+    assert not res.ok and res.fields == {"sender": "10.0.0.2", "expected": "10.0.0.2", "seen": "10.0.0.1"}
+    assert res.detail == "expected source 10.0.0.2 (preserved), b saw 10.0.0.1 (the sender used 10.0.0.2: " \
+                         "translated on the path)"
+    res = source.judge(spec, "b", "10.0.0.3", UdpOutcome(listen_error="Address in use (EADDRINUSE)"), {})
+    assert not res.ok and res.detail == "cannot listen on 10.0.0.3:7777 in b: Address in use (EADDRINUSE)"
+    assert res.fields == {}
+
+    spec6 = TcpCheck.model_validate({"from": "a", "to": "10.0.0.3", "port": 80, "serve": {"node": "b", "port": 8080}})
+    res = tcp.judge(spec6, "10.0.0.3", TcpOutcome(client="10.0.0.2"), {})
+    assert not res.ok and res.fields == {"connected": True, "client": "10.0.0.2"}
+    assert res.detail == "connected to 10.0.0.3:80, but not to the listener on b:8080: something else answered"
+    res = tcp.judge(spec6, "10.0.0.3", TcpOutcome(connect_error="timed out"), {})
+    assert res.fields == {"connected": False} and res.detail == "a could not connect to 10.0.0.3:80: timed out"
+
+
+def test_checks_open_no_socket_outside_the_kernel_package():
+    import ast
+    from pathlib import Path
+
+    import cnetctl
+    root = Path(cnetctl.__file__).parent
+    for path in [root / "verify.py", *sorted((root / "checks").glob("*.py"))]:
+        imported = {a.name.split(".")[0] for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(n, ast.ImportFrom) and not n.level}
+        assert not imported & {"socket", "select", "selectors"}, path
