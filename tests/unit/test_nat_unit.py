@@ -6,10 +6,10 @@ import pytest
 
 from cnetctl import render
 from cnetctl.api import nat_backend_for
-from cnetctl.kernel.nat import NFT_LOCAL_DADDR, nft_rule_exprs
 from cnetctl.load import load_topology_text
 from cnetctl.model.natspec import NatSpec, canonical_order, spec_from_comment
 from cnetctl.model.resources import Nat
+from cnetctl.nat_rules import NFT_LOCAL_DADDR, nft_rule_exprs
 from cnetctl.plan import Action, Plan, plan
 
 PUBLISHED = NatSpec("dnat", in_interface="wan0", protocol="tcp", port=8443, to_addr="172.18.0.3", to_port=443)
