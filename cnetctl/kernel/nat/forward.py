@@ -29,7 +29,6 @@ from ...nat_rules import (
 )
 from .iptables import (
     XtablesLock,
-    _iptc,
     call_in_netns_child,
     ipt_comment,
     ipt_foreign,
@@ -37,6 +36,7 @@ from .iptables import (
     ipt_replace_owned_chain,
     ipt_table,
     legacy_tables,
+    load_iptc,
 )
 from .nftables import nft_list, nft_run
 
@@ -59,7 +59,7 @@ def _nft_forward_drop_chains(nft_items: list[dict[str, Any]], topology: str) -> 
 
 
 def _ipt_forward_policy_child(v6: bool) -> str | None:
-    iptc = _iptc()
+    iptc = load_iptc()
     if "filter" not in legacy_tables(None, v6):
         return None  # looking must not instantiate the table
     table = ipt_table(iptc, "filter", v6)
@@ -89,7 +89,7 @@ def _nft_forward_rules(ns: str | None, where: str, label: str) -> list[dict[str,
 
 
 def _ipt_forward_child(topology: str, label: str, subnets: list[str], v6: bool) -> None:
-    iptc = _iptc()
+    iptc = load_iptc()
     chain = ipt_forward_chain(topology, label, subnets, v6)
     with XtablesLock():
         table = ipt_table(iptc, "filter", v6)
@@ -124,7 +124,7 @@ def forward_delete(ns: str | None, topology: str, label: str, where: str) -> Non
 def _ipt_forward_read_child(topology: str, label: str, v6: bool) -> tuple[list[str] | None, bool]:
     """(our forward-accept subnets or None when nothing of ours is there, whether a same-named
     chain of someone else is there)."""
-    iptc = _iptc()
+    iptc = load_iptc()
     if "filter" not in legacy_tables(None, v6):
         return None, False
     table = ipt_table(iptc, "filter", v6)

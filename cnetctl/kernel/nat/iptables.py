@@ -35,7 +35,7 @@ IPT_HINT = ("the iptables backend needs python-iptables and libiptc: apt-get ins
             "(and pip install python-iptables)")
 
 
-def _iptc() -> Any:
+def load_iptc() -> Any:
     try:
         import iptc
     except (ImportError, OSError) as err:
@@ -46,7 +46,7 @@ def _iptc() -> Any:
 @functools.cache
 def iptc_available() -> bool:
     try:
-        _iptc()
+        load_iptc()
     except KernelError:
         return False
     return True
@@ -55,7 +55,7 @@ def iptc_available() -> bool:
 # --- the forked child and what it shares -------------------------------------------------------------
 def call_in_netns_child(ns: str | None, fn: Callable[..., T], *args: Any) -> T:
     """fork; the child enters `ns`, runs fn, and pickles the result back."""
-    _iptc()  # imported once here (≈300 ms), not again in every child
+    load_iptc()  # imported once here (≈300 ms), not again in every child
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -187,7 +187,7 @@ def ipt_replace_owned_chain(iptc: Any, table: Any, label: str, chain: dict[str, 
 # --- children: NAT ---------------------------------------------------------------------------------------
 def _ipt_apply_child(topology: str, label: str, specs_text: list[str], v6: bool) -> None:
     """Converge our chains of one family's nat table, in one commit of that table."""
-    iptc = _iptc()
+    iptc = load_iptc()
     chains = ipt_nat_chains(topology, label, [NatSpec.parse(t) for t in specs_text], v6)
     with XtablesLock():
         if all(c["rules"] is None for c in chains) and "nat" not in legacy_tables(None, v6):
@@ -235,7 +235,7 @@ def _ipt_read_hook(iptc: Any, table: Any, builtin: str, name: str, label: str
 
 def _ipt_read_child(topology: str, label: str, v6: bool) -> tuple[list[str] | None, list[str]]:
     """(our rules' texts or None when nothing of ours is there, names of same-named foreign chains)."""
-    iptc = _iptc()
+    iptc = load_iptc()
     found: list[str] | None = None
     foreign: list[str] = []
     if "nat" not in legacy_tables(None, v6):
@@ -258,7 +258,7 @@ class Iptables:
     name = "iptables"
 
     def load(self) -> None:
-        _iptc()
+        load_iptc()
 
     def available(self) -> bool:
         return iptc_available()
