@@ -98,6 +98,8 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
 def _load(file: str, directory: str, flag: str | None) -> DesiredState:
     topo, src = load_topology(file)
     return normalize(topo, src, nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend))
+
+
 def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
               ) -> tuple[DesiredState, Plan]:
     desired = _load(file, state_dir(directory), nat_backend)
