@@ -15,12 +15,13 @@ from . import RTPROT_CNETCTL, owner_label, owner_of
 from .errors import ConflictError, KernelError, NotPermitted, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
-from .kernel.nat import backend_warnings, detect_backend, require_backend
+from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
 from .model.topology import Topology
+from .nat_rules import forward_subnets
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
@@ -81,7 +82,8 @@ def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -
             continue
         for where in chains:
             if desired.topology.settings.forward == "accept":
-                desired.resources.append(ForwardAccept(ns, where, _subnets_for(where, desired.subnets())))
+                # Only the subnets the chain's family can match (forward_apply skips the others).
+                desired.resources.append(ForwardAccept(ns, where, forward_subnets(where, desired.subnets())))
             else:
                 desired.warnings.append(
                     f"FORWARD policy DROP in {where.replace('nft:', 'nft table ').replace(':', ' table ')} "
@@ -101,24 +103,13 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
         return flag
     if topo.settings.nat_backend != "auto":
         return topo.settings.nat_backend
-    return last_applied if last_applied in ("nftables", "iptables") else None
+    return last_applied if last_applied in BACKENDS else None
 
 
 def _load(file: str, directory: str, flag: str | None) -> DesiredState:
     topo, src = load_topology(file)
     chosen = nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend)
     return normalize(topo, src, resolve_nat_backend(topo, chosen))
-
-
-def _subnets_for(where: str, subnets: tuple[str, ...]) -> tuple[str, ...]:
-    """The subnets a FORWARD chain can match: an IPv4-only chain (nft family ip, iptables) gets
-    no IPv6 accepts and vice versa (forward_apply skips them, so declaring them is drift)."""
-    family = where.split(" ")[0]
-    if family in ("nft:ip", "iptables:filter"):
-        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 4)
-    if family in ("nft:ip6", "ip6tables:filter"):
-        return tuple(s for s in subnets if ipaddress.ip_network(s).version == 6)
-    return subnets
 
 
 def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
@@ -379,7 +370,6 @@ def _table_names(manifest: str, mtime_ns: int) -> dict[int, str]:
 def explain(name: str, node: str, to: str, *, src: str | None = None, iif: str | None = None,
             fwmark: int | None = None, directory: str | None = None) -> Any:
     """The path of a packet to `to` through NODE of applied topology NAME (see explain.py)."""
-    import ipaddress
 
     from .explain import explain as explain_in
     require_root()

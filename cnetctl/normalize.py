@@ -698,7 +698,7 @@ def _nat_specs(node: str, rules: list[NatRule], err: _Collector) -> list[NatSpec
             d = rule.dnat
             assert d is not None
             spec = NatSpec("dnat", destination=d.destination, in_interface=d.in_interface, protocol=d.protocol,
-                           port=d.port, to=d.to)
+                           port=d.port, to_addr=d.to.addr, to_port=d.to.port)
         mixed = _mixed_families({"source": spec.source, "to_source": spec.to_source,
                                  "destination": spec.destination, "to": spec.to_addr})
         if mixed:

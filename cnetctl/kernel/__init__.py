@@ -18,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import RTPROT_CNETCTL, owner_label
 from ..errors import KernelError
+from ..model.natspec import NatSpec
 from ..model.resources import Address, Fdb, ForwardAccept, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
 from . import addresses, links, nat, routes, sysctl
@@ -244,15 +245,13 @@ class Kernel:
 
     # --- NAT and forwarding -----------------------------------------------------------------------
     def _create_nat(self, res: Nat) -> None:
-        apply_fn, _, _ = nat.BACKENDS[res.backend]
-        apply_fn(res.ns, self.topology, self.label, [nat.NatSpec.parse(t) for t in res.rules])
+        nat.BACKENDS[res.backend].apply(res.ns, self.topology, self.label, [NatSpec.parse(t) for t in res.rules])
 
     def _update_nat(self, old: Nat, new: Nat) -> None:
         self._create_nat(new)  # the whole table/chain set is rewritten at once
 
     def _delete_nat(self, res: Nat) -> None:
-        _, delete_fn, _ = nat.BACKENDS[res.backend]
-        delete_fn(res.ns, self.topology, self.label)
+        nat.BACKENDS[res.backend].delete(res.ns, self.topology, self.label)
 
     def _create_forward(self, res: ForwardAccept) -> None:
         nat.forward_apply(res.ns, self.topology, self.label, res.where, res.subnets)

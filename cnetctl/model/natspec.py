@@ -5,6 +5,10 @@ comments back tells which rules are live. What the read-back cannot explain (a
 rule without our comment, a rule that lacks part of what its comment promises)
 becomes an `unknown note=WHY` record: never equal to a declared rule, so it shows
 as drift and the next apply rewrites the table or chains.
+
+The text format is a contract with the kernel's past: rules written by earlier
+versions are read back through `NatSpec.parse`, so `text()` must keep writing
+exactly what they wrote (tests/unit/test_nat_rules.py pins it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,47 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
+
+DNAT_TARGET_HELP = "expected IP or IP:PORT, e.g. 10.0.0.2, 10.0.0.2:8080 or [fd00::2]:8080"
+
+
+@dataclass(frozen=True)
+class DnatTarget:
+    """Where a DNAT sends connections: an address and, optionally, a port.
+
+    Parsed once from its text (the manifest's `to`, a rule comment's `to=`); its
+    text is the canonical one both the comments and iptables' --to-destination use:
+    `10.0.0.2`, `10.0.0.2:80`, `fd00::2`, `[fd00::2]:8080`."""
+
+    addr: str
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DnatTarget:
+        """ValueError, worded for the manifest's author, for anything but IP, IP:PORT or [IP]:PORT.
+
+        An IPv6 address with a port needs brackets: `fd00::2:80` is the address fd00::2:80."""
+        bracketed = text.startswith("[")
+        host, sep, port = text.rpartition(":") if bracketed or text.count(":") == 1 else ("", "", "")
+        try:
+            addr = ipaddress.ip_address(host.strip("[]") if sep else text)
+        except ValueError:
+            raise ValueError(f"invalid dnat target {text!r}: {DNAT_TARGET_HELP}") from None
+        if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
+            raise ValueError(f"invalid port in {text!r}: 1..65535")
+        return cls(str(addr), int(port) if sep else None)
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.addr).version
+
+    def text(self) -> str:
+        if self.port is None:
+            return self.addr
+        return f"[{self.addr}]:{self.port}" if self.family == 6 else f"{self.addr}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 @dataclass(frozen=True)
@@ -24,15 +69,21 @@ class NatSpec:
     in_interface: str | None = None
     protocol: str | None = None
     port: int | None = None
-    to: str | None = None
+    to_addr: str | None = None      # dnat: where to (its text is `to=`, see DnatTarget)
+    to_port: int | None = None      # dnat: None keeps the destination port
     note: str | None = None         # kind "unknown" only: why the live rule is not one of ours (no spaces)
 
+    # The fields of the text, in its order; `to` stands for to_addr and to_port together.
     FIELDS = ("source", "out_interface", "to_source", "destination", "in_interface", "protocol", "port", "to",
               "note")
 
+    @property
+    def to(self) -> DnatTarget | None:
+        return DnatTarget(self.to_addr, self.to_port) if self.to_addr is not None else None
+
     def text(self) -> str:
-        parts = [self.kind] + [f"{f}={getattr(self, f)}" for f in self.FIELDS if getattr(self, f) is not None]
-        return " ".join(parts)
+        values = {f: getattr(self, f) for f in self.FIELDS}
+        return " ".join([self.kind] + [f"{f}={v}" for f, v in values.items() if v is not None])
 
     @classmethod
     def parse(cls, text: str) -> NatSpec:
@@ -45,6 +96,9 @@ class NatSpec:
             raise ValueError(f"not a NAT rule text: {text!r}")
         if "port" in values:
             values["port"] = int(values["port"])
+        if "to" in values:
+            target = DnatTarget.parse(values.pop("to"))
+            values.update(to_addr=target.addr, to_port=target.port)
         return cls(kind, **values)
 
     @classmethod
@@ -59,22 +113,6 @@ class NatSpec:
             if addr:
                 return ipaddress.ip_network(addr, strict=False).version
         return 4
-
-    @property
-    def to_addr(self) -> str | None:
-        if not self.to:
-            return None
-        if self.to.startswith("["):
-            return self.to[1:].split("]")[0]
-        return self.to.rsplit(":", 1)[0] if self.to.count(":") == 1 else self.to
-
-    @property
-    def to_port(self) -> int | None:
-        if not self.to:
-            return None
-        if self.to.startswith("[") and "]:" in self.to:
-            return int(self.to.rsplit(":", 1)[1])
-        return int(self.to.rsplit(":", 1)[1]) if self.to.count(":") == 1 else None
 
     @property
     def hooks(self) -> tuple[str, ...]:

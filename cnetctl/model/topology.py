@@ -19,11 +19,14 @@ from pydantic import (
     Discriminator,
     Field,
     GetCoreSchemaHandler,
+    GetPydanticSchema,
     Tag,
     create_model,
     model_validator,
 )
 from pydantic_core import CoreSchema, core_schema
+
+from .natspec import DnatTarget
 
 # Name patterns. The *_PATTERN strings go to pydantic and the JSON Schema, where `$` means the
 # end of the text; the compiled *_RE end in \Z because Python's `$` also matches before a
@@ -291,6 +294,10 @@ RouteDst = Annotated[str, AfterValidator(_route_dst)]
 IP = Annotated[str, AfterValidator(_ip)]
 IpOrNetwork = Annotated[str, AfterValidator(_ip_or_network)]
 IfNameMaybeNegated = Annotated[str, AfterValidator(_ifname_maybe_negated)]
+# A DNAT target is split into (address, port) here, once: a string in the manifest and its
+# JSON Schema, a DnatTarget from then on.
+DnatTo = Annotated[DnatTarget, GetPydanticSchema(lambda _type, _handler: core_schema.no_info_after_validator_function(
+    DnatTarget.parse, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()))]
 SysctlKey = Annotated[str, AfterValidator(_sysctl_key)]
 StrictInt = Annotated[int, Field(strict=True)]   # `true` is not 1
 Table = Annotated[StrictInt | str, AfterValidator(_table)]
@@ -382,24 +389,12 @@ class Snat(Strict):
     out_interface: IfNameMaybeNegated | None = None
 
 
-def _dnat_to(v: str) -> str:
-    host, sep, port = v.rpartition(":") if v.count(":") == 1 or v.startswith("[") else ("", "", "")
-    try:
-        _ip(host.strip("[]") if sep else v)
-    except ValueError:
-        raise ValueError(f"invalid dnat target {v!r}: expected IP or IP:PORT, e.g. 10.0.0.2, 10.0.0.2:8080 "
-                         "or [fd00::2]:8080") from None
-    if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
-        raise ValueError(f"invalid port in {v!r}: 1..65535")
-    return v
-
-
 class Dnat(Strict):
     destination: IpOrNetwork | None = None
     in_interface: IfNameMaybeNegated | None = None
     protocol: Literal["tcp", "udp"]
     port: Port
-    to: Annotated[str, AfterValidator(_dnat_to)]
+    to: DnatTo
 
 
 class NatRule(Strict):

@@ -6,16 +6,16 @@ import pytest
 
 from cnetctl import render
 from cnetctl.api import nat_backend_for
-from cnetctl.kernel.nat import NFT_LOCAL_DADDR, nft_rule_exprs
 from cnetctl.load import load_topology_text
 from cnetctl.model.natspec import NatSpec, canonical_order, spec_from_comment
 from cnetctl.model.resources import Nat
+from cnetctl.nat_rules import NFT_LOCAL_DADDR, nft_rule_exprs
 from cnetctl.plan import Action, Plan, plan
 
-PUBLISHED = NatSpec("dnat", in_interface="wan0", protocol="tcp", port=8443, to="172.18.0.3:443")
-PINNED = NatSpec("dnat", destination="10.200.0.1", protocol="tcp", port=8080, to="10.17.0.2:80")
+PUBLISHED = NatSpec("dnat", in_interface="wan0", protocol="tcp", port=8443, to_addr="172.18.0.3", to_port=443)
+PINNED = NatSpec("dnat", destination="10.200.0.1", protocol="tcp", port=8080, to_addr="10.17.0.2", to_port=80)
 MASQ = NatSpec("masquerade", source="10.17.0.0/24", out_interface="!docker0")
-V6 = NatSpec("dnat", destination="fd00::1", protocol="tcp", port=80, to="[fd00:17::2]:8080")
+V6 = NatSpec("dnat", destination="fd00::1", protocol="tcp", port=80, to_addr="fd00:17::2", to_port=8080)
 
 
 def test_only_the_output_copy_of_a_dnat_without_destination_is_limited_to_local_destinations():
