@@ -11,13 +11,12 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import RTPROT_CNETCTL, owner_label
 from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
+from .kernel.labels import lo_alias
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
 from .model.resources import Address, ForwardAccept, Key, Link, Nat, Netns, Resource, Route, Rule, Sysctl
@@ -43,13 +42,7 @@ class CurrentState:
 
 def netns_owner(sockets: Sockets, ns: str) -> str | None:
     """The topology that owns namespace `ns` (label on its lo), or None."""
-    try:
-        ipr = sockets.get(ns)
-        (lo,) = ipr.link("get", index=1)
-    except (OSError, NetlinkError, ValueError):
-        return None
-    alias = lo.get("ifalias") or ""
-    return alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
+    return owner_of(lo_alias(sockets, ns))
 
 
 def scan_owners(sockets: Sockets) -> dict[str, str | None]:
