@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from cnetctl import api
-from cnetctl.explain import explain, read_snapshot
+from cnetctl.explain import explain
 from cnetctl.kernel.netns import Sockets
+from cnetctl.kernel.snapshot import read_snapshot
 
 from .conftest import MANIFESTS, cnetctl, run
 
@@ -363,3 +364,4 @@ def test_explain_agrees_with_the_kernel_on_every_manifest(manifest, clean_world)
                 problems += check(desired.name, node, ns, dst, **({"src": src} if src else {}))
     assert not problems, "\n".join(problems[:20])
     assert cnetctl("destroy", "--name", desired.name).returncode == 0
+

@@ -6,24 +6,20 @@ import errno
 import ipaddress
 import socket
 
-from cnetctl.explain import (
+from cnetctl.explain import Flow, compare, explain_snapshot, fib_lookup, render_text, rule_text
+from cnetctl.kernel.errnos import RPF_ERRNO
+from cnetctl.kernel.routes import RouteAnswer
+from cnetctl.kernel.snapshot import (
     FIB_RULE_IIF_DETACHED,
     FIB_RULE_INVERT,
     FR_ACT_GOTO,
     FR_ACT_NOP,
     FR_ACT_PROHIBIT,
     FR_ACT_TO_TBL,
-    RPF_ERRNO,
-    Flow,
     KRoute,
     KRule,
     Snapshot,
-    compare,
-    explain_snapshot,
-    fib_lookup,
-    render_text,
 )
-from cnetctl.kernel.routes import RouteAnswer
 
 V4 = socket.AF_INET
 net = ipaddress.ip_network
@@ -170,7 +166,8 @@ def test_compare_reports_a_disagreement_loudly():
 
 
 def test_rule_text_reads_like_ip_rule():
-    assert rule(100, 200, src=net("10.0.0.0/24")).text({200: "isp2"}) == "from 10.0.0.0/24 lookup isp2"
-    assert rule(1, 254, fwmark=0x10, fwmask=0xFF, iif="eth0").text() == "from all fwmark 0x10/0xff iif eth0 lookup main"
-    assert rule(2, 0, FR_ACT_GOTO, goto=9, flags=FIB_RULE_INVERT, dst=net("10.0.0.0/8")).text() == \
+    assert rule_text(rule(100, 200, src=net("10.0.0.0/24")), {200: "isp2"}) == "from 10.0.0.0/24 lookup isp2"
+    assert rule_text(rule(1, 254, fwmark=0x10, fwmask=0xFF, iif="eth0")) == \
+        "from all fwmark 0x10/0xff iif eth0 lookup main"
+    assert rule_text(rule(2, 0, FR_ACT_GOTO, goto=9, flags=FIB_RULE_INVERT, dst=net("10.0.0.0/8"))) == \
         "not from all to 10.0.0.0/8 goto 9"
