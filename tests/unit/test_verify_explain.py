@@ -20,6 +20,7 @@ from cnetctl.kernel.snapshot import (
     KRule,
     Snapshot,
 )
+from cnetctl.kernel.sysctl import conf_key, read_sysctls, sysctl_path
 
 V4 = socket.AF_INET
 net = ipaddress.ip_network
@@ -171,3 +172,18 @@ def test_rule_text_reads_like_ip_rule():
         "from all fwmark 0x10/0xff iif eth0 lookup main"
     assert rule_text(rule(2, 0, FR_ACT_GOTO, goto=9, flags=FIB_RULE_INVERT, dst=net("10.0.0.0/8"))) == \
         "not from all to 10.0.0.0/8 goto 9"
+
+
+def test_sysctl_keys_keep_an_interface_name_with_a_dot_whole():
+    assert conf_key("ipv4", "eth0", "rp_filter") == "net.ipv4.conf.eth0.rp_filter"
+    assert conf_key("ipv4", "e0.100", "rp_filter") == "net/ipv4/conf/e0.100/rp_filter"
+    assert sysctl_path(conf_key("ipv6", "e0.100", "forwarding")) == "/proc/sys/net/ipv6/conf/e0.100/forwarding"
+    s = snap(DEFAULT_RULES, LOCAL + MAIN, {"net/ipv4/conf/e0.100/rp_filter": "2"})
+    assert s.conf("e0.100", "rp_filter") == (0, 2)
+
+
+def test_a_slash_spelled_key_is_read_from_proc_not_from_a_relative_path():
+    with open("/proc/sys/net/ipv4/ip_forward") as fh:
+        want = fh.read().strip()
+    assert read_sysctls(None, ["net/ipv4/ip_forward", "net.ipv4.conf.nosuch0.rp_filter"]) == \
+        {"net.ipv4.ip_forward": want}
