@@ -2,8 +2,9 @@
 
 The answer is computed twice and the two must agree:
 
-1. here, from what netlink shows: ALL the policy rules of the namespace in
-   priority order (not only cnetctl's), each rule's selectors evaluated
+1. here, from what netlink shows (read once, by kernel/snapshot.py): ALL the
+   policy rules of the namespace in priority order (not only cnetctl's), each
+   rule's selectors evaluated
    (from/to prefix, iif, oif, fwmark/mask, not, and the selectors a bare
    `ip route get` never matches: ipproto, ports, tos, l3mdev), `lookup TABLE`
    rules consulting that table by longest-prefix match (a table with no
