@@ -11,13 +11,12 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from .kernel import links as klinks
 from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
+from .kernel.labels import lo_alias
 from .kernel.linkkinds import vxlan_spec
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
@@ -26,7 +25,6 @@ from .model.resources import Address, Fdb, ForwardAccept, Key, Link, Nat, Neighb
 from .normalize import DesiredState
 from .state import State, other_host_owners
 
-LABEL_PREFIX = "cnetctl:"
 RTPROT_KERNEL = 2      # routes the kernel adds for a configured address (connected subnets)
 MAIN_TABLE = 254
 LOOPBACK_DEFAULTS = {"127.0.0.1/8", "::1/128"}
@@ -45,13 +43,7 @@ class CurrentState:
 
 def netns_owner(sockets: Sockets, ns: str) -> str | None:
     """The topology that owns namespace `ns` (label on its lo), or None."""
-    try:
-        ipr = sockets.get(ns)
-        (lo,) = ipr.link("get", index=1)
-    except (OSError, NetlinkError, ValueError):
-        return None
-    alias = lo.get("ifalias") or ""
-    return alias[len(LABEL_PREFIX):] if alias.startswith(LABEL_PREFIX) else None
+    return owner_of(lo_alias(sockets, ns))
 
 
 def scan_owners(sockets: Sockets) -> dict[str, str | None]:

@@ -8,7 +8,6 @@ is what was asked for; deleting what is gone succeeds.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 from typing import Any
@@ -22,31 +21,9 @@ from ..model.natspec import NatSpec
 from ..model.resources import Address, Fdb, ForwardAccept, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
 from . import addresses, links, nat, routes, sysctl
+from .errnos import likely_cause
 from .linkkinds import KERNEL_LINK_KINDS
 from .netns import Sockets, create_netns, delete_netns, is_errno, is_stale_mountpoint, netns_exists
-
-_CAUSES = {
-    errno.EEXIST: "something of that name or key exists already (made by hand or another tool?)",
-    errno.EPERM: "not permitted: run as root, outside a restricted container",
-    errno.EACCES: "not permitted: run as root, outside a restricted container",
-    errno.ENODEV: "the interface vanished meanwhile (deleted by another tool?)",
-    errno.ENETUNREACH: "the gateway is not on a connected subnet of that node",
-    errno.ENOSPC: "a kernel limit was reached",
-    errno.EMFILE: "too many open files: raise `ulimit -n`",
-    errno.ENFILE: "too many open files on the system",
-    errno.EBUSY: "the object is in use",
-    errno.ERANGE: "a name or value is out of the kernel's range (interface names: at most 15 bytes)",
-}
-
-
-def likely_cause(code: int, res: Resource) -> str:
-    """A hint for the user after the kernel's own words."""
-    cause = _CAUSES.get(code)
-    if code == errno.EINVAL:
-        cause = "the kernel refused a value"
-        if isinstance(res, Address) and ipaddress.ip_interface(res.cidr).version == 6:
-            cause += " (IPv6 needs an MTU of at least 1280 on that link)"
-    return f"; likely cause: {cause}" if cause else ""
 
 
 class Kernel:

@@ -14,14 +14,21 @@ from pyroute2.netlink.rtnl import rt_type
 
 from .. import RTPROT_CNETCTL
 from ..model.resources import Route, Rule
+from .errnos import REJECT_ERRNO, ROUTE_ERRORS, errno_name
 from .links import get_index
 from .netns import is_errno
 
-RT_TYPE_NAME = {v: k for k, v in rt_type.items() if isinstance(v, int)}
+# The one route-type table (RTN_* of linux/rtnetlink.h): number -> the name `ip route` prints.
+RT_TYPE_NAME: dict[int, str] = {v: k for k, v in rt_type.items() if isinstance(v, int)}
+
 RTNH_F_ONLINK = 0x4
 RTM_F_LOOKUP_TABLE = 0x1000
 RT_SCOPE_NOWHERE = 255
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def rt_type_name(number: int) -> str:
+    return RT_TYPE_NAME.get(number, str(number))
 
 
 def _dst(msg: Any, family: int) -> str:
@@ -41,7 +48,7 @@ def dump_routes(ipr: IPRoute, ns: str | None, names: dict[int, str], proto: int 
             oif = msg.get("oif")
             out.append(Route(
                 ns=ns, family=family, table=msg.get("table") or msg["table"], dst=_dst(msg, family),
-                metric=msg.get("priority") or 0, type=RT_TYPE_NAME.get(msg["type"], str(msg["type"])),
+                metric=msg.get("priority") or 0, type=rt_type_name(msg["type"]),
                 via=msg.get("gateway"), dev=names.get(oif) if oif else None, src=msg.get("prefsrc"),
                 scope=msg["scope"], onlink=True if msg["flags"] & RTNH_F_ONLINK else None,
             ))
@@ -143,10 +150,6 @@ class RouteAnswer:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-ROUTE_GET_ERRORS = {errno.EHOSTUNREACH: "unreachable", errno.EINVAL: "blackhole",
-                    errno.EACCES: "prohibit", errno.ENETUNREACH: "no route"}
-
-
 def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = None,
               fwmark: int | None = None) -> RouteAnswer:
     """RTM_GETROUTE with RTM_F_LOOKUP_TABLE, so the reply names the table a rule chose."""
@@ -161,14 +164,13 @@ def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = N
     try:
         (msg,) = ipr.route("get", **args)
     except NetlinkError as err:
-        kind = ROUTE_GET_ERRORS.get(err.code, f"error {err.code}")
+        kind = ROUTE_ERRORS.get(err.code, f"error {err.code}")
         # "none": no route matched at all (ENETUNREACH), so a check can expect exactly that.
-        typ = "none" if err.code == errno.ENETUNREACH else kind if kind in ("unreachable", "blackhole", "prohibit") \
-            else None
+        typ = "none" if err.code == errno.ENETUNREACH else kind if kind in REJECT_ERRNO else None
         return RouteAnswer(ok=False, type=typ,
-                           error=f"{kind} ({errno.errorcode.get(err.code, err.code)})")
+                           error=f"{kind} ({errno_name(err.code)})")
     names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
     oif = msg.get("oif")
-    return RouteAnswer(ok=True, type=RT_TYPE_NAME.get(msg["type"], str(msg["type"])),
+    return RouteAnswer(ok=True, type=rt_type_name(msg["type"]),
                        table=msg.get("table") or msg["table"], via=msg.get("gateway"),
                        dev=names.get(oif) if oif else None, src=msg.get("prefsrc") or msg.get("src"))

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from ..errors import KernelError
-from ..model.topology import sysctl_key_problem, sysctl_parts
+from ..model.topology import canonical_sysctl, sysctl_key_problem, sysctl_parts
 from .netns import run_in_netns
+
+
+def conf_key(family: str, dev: str, knob: str) -> str:
+    """The key of net.FAMILY.conf.DEV.KNOB, in its one spelling: an interface name may hold a dot
+    (eth0.100), so the key is built from its parts, never by gluing names with dots."""
+    return canonical_sysctl("/".join(("net", family, "conf", dev, knob)))
 
 
 def sysctl_path(key: str) -> str:
@@ -29,8 +35,18 @@ def _write(key: str, value: str) -> None:
         fh.write(value)
 
 
+def _read_many(keys: list[str]) -> dict[str, str]:
+    values = {key: _read(key) for key in keys}
+    return {canonical_sysctl(key): value for key, value in values.items() if value is not None}
+
+
 def read_sysctl(ns: str | None, key: str) -> str | None:
     return run_in_netns(ns, _read, key)
+
+
+def read_sysctls(ns: str | None, keys: list[str]) -> dict[str, str]:
+    """Several keys of `ns` at once, by their canonical spelling; a key with no file is left out."""
+    return run_in_netns(ns, _read_many, keys)
 
 
 def write_sysctl(ns: str | None, key: str, value: str) -> None:

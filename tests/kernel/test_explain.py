@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from cnetctl import api
-from cnetctl.explain import explain, read_snapshot
+from cnetctl.explain import explain
 from cnetctl.kernel.netns import Sockets
+from cnetctl.kernel.snapshot import read_snapshot
 
 from .conftest import MANIFESTS, cnetctl, run
 
@@ -363,3 +364,70 @@ def test_explain_agrees_with_the_kernel_on_every_manifest(manifest, clean_world)
                 problems += check(desired.name, node, ns, dst, **({"src": src} if src else {}))
     assert not problems, "\n".join(problems[:20])
     assert cnetctl("destroy", "--name", desired.name).returncode == 0
+
+
+DOTTED = """
+apiVersion: cnetctl/v1
+name: dotif
+nodes:
+  r1:
+    sysctls: {net.ipv4.ip_forward: 1}
+    interfaces:
+      e0.100: {addresses: [10.20.1.1/24]}
+      eth1: {addresses: [10.20.2.1/24]}
+  c1:
+    interfaces:
+      eth0: {addresses: [10.20.1.2/24]}
+    routes:
+      - {to: default, via: 10.20.1.1}
+  up1:
+    interfaces:
+      eth0: {addresses: [10.20.2.2/24]}
+    routes:
+      - {to: default, via: 10.20.2.1}
+links:
+  - [r1:e0.100, c1:eth0]
+  - [r1:eth1, up1:eth0]
+"""
+
+
+def r1_sysctl(path: str, value: str | None = None) -> str:
+    """Read (and first write) /proc/sys/PATH inside dotif-r1, by the file itself."""
+    file = f"/proc/sys/{path}"
+    if value is not None:
+        run("ip", "netns", "exec", "dotif-r1", "sh", "-c", f"echo {value} > {file}", check=True)
+    return run("ip", "netns", "exec", "dotif-r1", "cat", file, check=True).stdout.strip()
+
+
+def test_explain_reads_the_sysctls_of_an_interface_named_with_a_dot(tmp_path):
+    """An interface like eth0.100 has its sysctls under net/ipv4/conf/eth0.100/, not
+    net/ipv4/conf/eth0/100/: explain must read them there, not fall back to 0."""
+    path = tmp_path / "dotif.yaml"
+    path.write_text(DOTTED)
+    res = cnetctl("apply", str(path), "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        kw: dict[str, Any] = {"iif": "e0.100", "src": "10.20.1.2"}
+        # Forwarding on for e0.100 (its own switch, not only `all`): the kernel forwards.
+        assert r1_sysctl("net/ipv4/conf/e0.100/forwarding") == "1"
+        expl = api.explain("dotif", "r1", "10.20.2.2", **kw)
+        assert check("dotif", "r1", "dotif-r1", "10.20.2.2", **kw) == []
+        assert expl.verdict == "forwarded", expl.reason
+        assert expl.forwarding and expl.forwarding["net/ipv4/conf/e0.100/forwarding"] == "1"
+
+        # Strict rp_filter on e0.100 only (`all` stays 0): a source routed back via eth1 is dropped.
+        assert r1_sysctl("net/ipv4/conf/all/rp_filter", "0") == "0"
+        assert r1_sysctl("net/ipv4/conf/e0.100/rp_filter", "1") == "1"
+        spoofed = {"iif": "e0.100", "src": "10.20.2.99"}
+        assert iproute_get("dotif-r1", "10.20.2.2", spoofed["src"], spoofed["iif"])["ok"] is False
+        assert check("dotif", "r1", "dotif-r1", "10.20.2.2", **spoofed) == []
+        assert api.explain("dotif", "r1", "10.20.2.2", **spoofed).verdict == "rp_filter drop"
+        assert check("dotif", "r1", "dotif-r1", "10.20.2.2", **kw) == []          # the right source passes
+
+        # Forwarding off on e0.100 only (`all` stays 1): the kernel drops what it would forward.
+        assert r1_sysctl("net/ipv4/conf/e0.100/forwarding", "0") == "0"
+        assert r1_sysctl("net/ipv4/conf/all/forwarding") == "1"
+        assert check("dotif", "r1", "dotif-r1", "10.20.2.2", **kw) == []
+        assert api.explain("dotif", "r1", "10.20.2.2", **kw).verdict == "dropped: forwarding off"
+    finally:
+        assert cnetctl("destroy", "--name", "dotif").returncode == 0

@@ -6,24 +6,21 @@ import errno
 import ipaddress
 import socket
 
-from cnetctl.explain import (
+from cnetctl.explain import Flow, compare, explain_snapshot, fib_lookup, render_text, rule_text
+from cnetctl.kernel.errnos import RPF_ERRNO
+from cnetctl.kernel.routes import RouteAnswer
+from cnetctl.kernel.snapshot import (
     FIB_RULE_IIF_DETACHED,
     FIB_RULE_INVERT,
     FR_ACT_GOTO,
     FR_ACT_NOP,
     FR_ACT_PROHIBIT,
     FR_ACT_TO_TBL,
-    RPF_ERRNO,
-    Flow,
     KRoute,
     KRule,
     Snapshot,
-    compare,
-    explain_snapshot,
-    fib_lookup,
-    render_text,
 )
-from cnetctl.kernel.routes import RouteAnswer
+from cnetctl.kernel.sysctl import conf_key, read_sysctls, sysctl_path
 
 V4 = socket.AF_INET
 net = ipaddress.ip_network
@@ -170,7 +167,23 @@ def test_compare_reports_a_disagreement_loudly():
 
 
 def test_rule_text_reads_like_ip_rule():
-    assert rule(100, 200, src=net("10.0.0.0/24")).text({200: "isp2"}) == "from 10.0.0.0/24 lookup isp2"
-    assert rule(1, 254, fwmark=0x10, fwmask=0xFF, iif="eth0").text() == "from all fwmark 0x10/0xff iif eth0 lookup main"
-    assert rule(2, 0, FR_ACT_GOTO, goto=9, flags=FIB_RULE_INVERT, dst=net("10.0.0.0/8")).text() == \
+    assert rule_text(rule(100, 200, src=net("10.0.0.0/24")), {200: "isp2"}) == "from 10.0.0.0/24 lookup isp2"
+    assert rule_text(rule(1, 254, fwmark=0x10, fwmask=0xFF, iif="eth0")) == \
+        "from all fwmark 0x10/0xff iif eth0 lookup main"
+    assert rule_text(rule(2, 0, FR_ACT_GOTO, goto=9, flags=FIB_RULE_INVERT, dst=net("10.0.0.0/8"))) == \
         "not from all to 10.0.0.0/8 goto 9"
+
+
+def test_sysctl_keys_keep_an_interface_name_with_a_dot_whole():
+    assert conf_key("ipv4", "eth0", "rp_filter") == "net.ipv4.conf.eth0.rp_filter"
+    assert conf_key("ipv4", "e0.100", "rp_filter") == "net/ipv4/conf/e0.100/rp_filter"
+    assert sysctl_path(conf_key("ipv6", "e0.100", "forwarding")) == "/proc/sys/net/ipv6/conf/e0.100/forwarding"
+    s = snap(DEFAULT_RULES, LOCAL + MAIN, {"net/ipv4/conf/e0.100/rp_filter": "2"})
+    assert s.conf("e0.100", "rp_filter") == (0, 2)
+
+
+def test_a_slash_spelled_key_is_read_from_proc_not_from_a_relative_path():
+    with open("/proc/sys/net/ipv4/ip_forward") as fh:
+        want = fh.read().strip()
+    assert read_sysctls(None, ["net/ipv4/ip_forward", "net.ipv4.conf.nosuch0.rp_filter"]) == \
+        {"net.ipv4.ip_forward": want}
