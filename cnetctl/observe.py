@@ -17,7 +17,7 @@ from .kernel import nat as knat
 from .kernel import routes as kroutes
 from .kernel.addresses import dump_addresses
 from .kernel.labels import lo_alias
-from .kernel.linkkinds import vxlan_spec
+from .kernel.linkkinds import KERNEL_LINK_KINDS
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
 from .kernel.sysctl import read_sysctl
 from .model.linkkinds import VethSpec, VxlanSpec
@@ -136,7 +136,9 @@ def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klink
         addresses_by_index.setdefault(index, []).append(cidr)
     # Static neighbours and VXLAN forwarding entries on an interface of ours are ours.
     neighbors = klinks.dump_neighbors(ipr) if mine else {}
-    fdb = klinks.dump_fdb(ipr) if any(link.kind == "vxlan" and link.index in mine for link in live) else {}
+    fdb_kinds = {name for name, kind in KERNEL_LINK_KINDS.items() if kind.has_fdb}
+    fdb = klinks.dump_fdb(ipr) if any(link.index in mine and link.kind in fdb_kinds for link in live) else {}
+    names = {link.index: link.ifname for link in live}
     for link in live:
         is_mine = link.index in mine
         configured = ns is None and link.ifname in scope.devices
@@ -150,7 +152,7 @@ def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klink
                                  f"topology {scope.name} cannot configure it (give it a bridge of its own)")
         kind = klinks_kind(link) if is_mine else ("lo" if link.ifname == "lo" else "device")
         master = by_index[link.master].ifname if link.master in by_index else None
-        spec = vxlan_spec(link, {i: x.ifname for i, x in by_index.items()}) if kind == "vxlan" else None
+        spec = KERNEL_LINK_KINDS[kind].read_spec(link, names) if kind in KERNEL_LINK_KINDS else None
         cur.resources.append(Link(ns, link.ifname, kind, mtu=link.mtu, master=master, up=link.up, spec=spec))
         if is_mine:
             cur.resources += [Neighbor(ns, link.ifname, ip, mac) for ip, mac in neighbors.get(link.index, [])]

@@ -76,7 +76,7 @@ def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
     links.configure_link(kernel.sockets.get(link.ns), link.ifname, alias=kernel.label)
 
 
-def vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
+def _vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
     """A VXLAN device's attributes as netlink reports them."""
     info = dict(live.info)
     dev = info.get("IFLA_VXLAN_LINK")
@@ -122,17 +122,24 @@ def _leave(kernel: Kernel, link: Link) -> None:
     pass  # a namespace's lo goes with its namespace
 
 
+def _no_spec(live: links.LiveLink, names: dict[int, str]) -> None:
+    return None   # the kind has no attributes of its own, or they are read elsewhere (a veth's peer)
+
+
 @dataclass(frozen=True)
 class KernelLinkKind:
     ensure: Callable[[Kernel, Link], None]
     remove: Callable[[Kernel, Link], None]
     labelled: bool      # carries the owner label (a namespace's lo labels the namespace)
+    # its spec as netlink reports it (names: ifindex -> name in the link's namespace)
+    read_spec: Callable[[links.LiveLink, dict[int, str]], object] = _no_spec
+    has_fdb: bool = False   # VTEP forwarding entries live on it
 
 
 KERNEL_LINK_KINDS: dict[str, KernelLinkKind] = {
     "bridge": KernelLinkKind(_ensure_bridge, _remove_owned, labelled=True),
     "veth": KernelLinkKind(_ensure_veth, _remove_owned, labelled=True),
-    "vxlan": KernelLinkKind(_ensure_vxlan, _remove_owned, labelled=True),
+    "vxlan": KernelLinkKind(_ensure_vxlan, _remove_owned, labelled=True, read_spec=_vxlan_spec, has_fdb=True),
     "lo": KernelLinkKind(_ensure_lo, _leave, labelled=True),
     "device": KernelLinkKind(_ensure_device, _restore_device, labelled=False),
 }
