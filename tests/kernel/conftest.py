@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,13 @@ MANIFESTS = ROOT / "manifests"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.kernel)
+
+
+def default_signals() -> None:
+    """For a child that is signalled by the test: SIGINT as a terminal gives it. A shell that
+    started the suite in the background hands down SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(*argv: str, check: bool = False, input: str | None = None,

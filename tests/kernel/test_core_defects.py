@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import MANIFESTS, ROOT, cnetctl, ip, netns_list, ping, run, snapshot
+from .conftest import MANIFESTS, ROOT, cnetctl, default_signals, ip, netns_list, ping, run, snapshot
 
 QUICK = MANIFESTS / "quickstart.yaml"
 
@@ -207,6 +207,7 @@ def test_signal_to_the_process_group_never_hangs_or_leaks(sig, tmp_path):
     before = snapshot()
     for delay in (0.0, 0.03, 0.07, 0.15, 0.3):
         proc = subprocess.Popen([sys.executable, "-m", "cnetctl", "apply", manifest, "--no-verify"], cwd=ROOT,
+                                preexec_fn=default_signals,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         assert proc.stdout is not None
         while not proc.stdout.readline().startswith("+ netns"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import MANIFESTS, ROOT, cnetctl, netns_list, run, snapshot
+from .conftest import MANIFESTS, ROOT, cnetctl, default_signals, netns_list, run, snapshot
 from .test_nat import legacy_save, nft_ruleset
 
 DOCKER = str(MANIFESTS / "docker-bridge.yaml")
@@ -116,6 +116,7 @@ def test_signal_mid_apply_rolls_back(sig, code, clean_world):
     before = world()
     proc = subprocess.Popen([sys.executable, "-m", "cnetctl", "apply", QUICK],
                             env={**os.environ, "CNETCTL_PAUSE_AT": "8"}, cwd=ROOT,
+                            preexec_fn=default_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     assert proc.stderr.readline().strip() == "cnetctl: paused before step 8"
