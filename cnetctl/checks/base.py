@@ -85,6 +85,16 @@ def spec_fields(spec: CheckSpec) -> dict[str, Any]:
     return spec.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+def aimed_fields(ctx: CheckContext, spec: Any) -> tuple[str, dict[str, Any]]:
+    """The address a check's `to` names (normalize refused what does not resolve), and the
+    check's fields with that address in them."""
+    from ..normalize import resolve_target
+
+    target = resolve_target(ctx.desired, spec.to)
+    assert target is not None
+    return target, {**spec_fields(spec), "address": target}
+
+
 def generic_what(f: dict[str, Any]) -> str:
     """from=…, to=…, port=…: for a kind without words of its own."""
     return ", ".join(f"{k}={v}" for k, v in f.items() if k in ("from", "to", "nodes", "family", "port"))

@@ -6,8 +6,7 @@ from typing import Any
 
 from ..kernel.probe import PingHandle
 from ..model.topology import PingCheck
-from ..normalize import resolve_target
-from .base import CheckContext, CheckKind, CheckResult, Finisher, Probe, spec_fields
+from .base import CheckContext, CheckKind, CheckResult, Finisher, Probe, aimed_fields
 
 
 def replies(handle: PingHandle) -> tuple[list[float], str | None]:
@@ -19,10 +18,7 @@ def replies(handle: PingHandle) -> tuple[list[float], str | None]:
 
 def start(ctx: CheckContext, spec: PingCheck) -> Finisher:
     """Send the echoes now; the returned function collects the replies and judges them."""
-    fields = spec_fields(spec)
-    target = resolve_target(ctx.desired, spec.to)
-    assert target is not None  # normalize() refused unresolvable targets
-    fields["address"] = target
+    target, fields = aimed_fields(ctx, spec)
     handle = ctx.prober.submit(ctx.desired.ns_of(spec.from_), target, count=spec.count, timeout=spec.timeout)
     return lambda: judge(spec, target, fields, *replies(handle))
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ..kernel.transport import UdpOutcome, udp_probe
 from ..model.topology import SourceCheck
-from ..normalize import DesiredState, resolve_target
-from .base import CheckContext, CheckKind, CheckResult, Pooled, spec_fields
+from ..normalize import DesiredState
+from .base import CheckContext, CheckKind, CheckResult, Pooled, aimed_fields
 
 
 def address_owner(desired: DesiredState, addr: str) -> tuple[str, str] | None:
@@ -23,10 +23,7 @@ def address_owner(desired: DesiredState, addr: str) -> tuple[str, str] | None:
 
 def run(ctx: CheckContext, spec: SourceCheck) -> CheckResult:
     desired = ctx.desired
-    fields = spec_fields(spec)
-    target = resolve_target(desired, spec.to)
-    assert target is not None
-    fields["address"] = target
+    target, fields = aimed_fields(ctx, spec)
     owner = address_owner(desired, target)
     if owner is None:
         return CheckResult("source", False, f"no node declares address {target}: cnetctl cannot start a "

@@ -7,16 +7,12 @@ from typing import Any
 
 from ..kernel.transport import TcpOutcome, tcp_probe
 from ..model.topology import TcpCheck
-from ..normalize import resolve_target
-from .base import CheckContext, CheckKind, CheckResult, Pooled, generic_what, spec_fields
+from .base import CheckContext, CheckKind, CheckResult, Pooled, aimed_fields, generic_what
 
 
 def run(ctx: CheckContext, spec: TcpCheck) -> CheckResult:
     desired = ctx.desired
-    fields = spec_fields(spec)
-    target = resolve_target(desired, spec.to)
-    assert target is not None
-    fields["address"] = target
+    target, fields = aimed_fields(ctx, spec)
     seen = tcp_probe(desired.ns_of(spec.serve.node), spec.serve.port, desired.ns_of(spec.from_), target, spec.port,
                      spec.timeout)
     return judge(spec, target, seen, fields)
