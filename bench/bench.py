@@ -31,17 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from world import enter_world  # bench/world.py: the script's own directory is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 SHAPES = ("bridge", "k8s", "nat")
-
-
-def in_world() -> bool:
-    outer = os.environ.get("CNETCTL_OUTER_NETNS")
-    return os.environ.get("CNETCTL_ISOLATED") == "1" and bool(outer) and \
-        str(os.stat("/proc/self/ns/net").st_ino) != outer
 
 
 def manifest(shape: str, n: int) -> dict[str, Any]:
@@ -184,12 +180,8 @@ def main() -> int:
     if args.compare:
         compare(*args.compare)
         return 0
-    if not in_world():
-        if os.geteuid() != 0:
-            print("bench: needs root (it builds namespaces inside a throw-away world)", file=sys.stderr)
-            return 4
-        world = str(ROOT / "tests" / "world.sh")
-        os.execv(world, [world, sys.executable, *sys.argv])
+    if enter_world("bench"):
+        return 4
     header()
     results = run_all(args.shape, args.sizes)
     s = results["startup"]

@@ -21,13 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from world import enter_world  # bench/world.py: the script's own directory is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def in_world() -> bool:
-    outer = os.environ.get("CNETCTL_OUTER_NETNS")
-    return os.environ.get("CNETCTL_ISOLATED") == "1" and bool(outer) and \
-        str(os.stat("/proc/self/ns/net").st_ino) != outer
 
 
 def manifest(nodes: int, checks: int, seed: int) -> str:
@@ -55,12 +51,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=250)
     args = ap.parse_args()
 
-    if not in_world():
-        if os.geteuid() != 0:
-            print("verify_bench: needs root (it builds namespaces inside a throw-away world)", file=sys.stderr)
-            return 4
-        world = str(ROOT / "tests" / "world.sh")
-        os.execv(world, [world, sys.executable, *sys.argv])
+    if enter_world("verify_bench"):
+        return 4
 
     sys.path.insert(0, str(ROOT))
     from cnetctl import api
