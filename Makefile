@@ -64,7 +64,7 @@ destroy-demo: venv
 TEST_JOBS ?= 3
 
 test: deps test-venv
-	$(PY) -m pytest -q -n $(TEST_JOBS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 unit: test-venv
 	$(PY) -m pytest -q tests/unit

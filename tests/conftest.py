@@ -31,6 +31,7 @@ def isolated() -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel: needs root; runs inside the throw-away world")
+    config.addinivalue_line("markers", "long: a sweep that runs for a long time; scheduled first")
     if os.geteuid() == 0 and not isolated() and not os.environ.get("CNETCTL_NO_REEXEC"):
         os.environ["CNETCTL_NO_REEXEC"] = "1"
         sys.stdout.flush()
@@ -50,6 +51,9 @@ def _workers_in_worlds_of_their_own(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long sweeps go first: parallel workers then finish together instead of one
+    # worker starting a two-minute sweep when the others have run out of work.
+    items.sort(key=lambda item: "long" not in item.keywords)
     if isolated():
         return
     skip = pytest.mark.skip(reason="kernel test: needs root, runs only inside tests/world.sh")

@@ -255,6 +255,7 @@ def test_a_users_namespace_of_the_same_name_is_still_refused():
         run("ip", "netns", "del", "quickstart-web")
 
 
+@pytest.mark.long
 def test_hundreds_of_namespaces_under_ulimit_1024(tmp_path):
     manifest = many_namespaces(tmp_path, 300, "wide")
     res = run("prlimit", "--nofile=1024:1024", sys.executable, "-m", "cnetctl", "apply", manifest, timeout=300)

@@ -310,6 +310,7 @@ def test_manifest_end_to_end(manifest: Path, clean_world):
     # clean_world: the world's host namespace is byte-identical to before.
 
 
+@pytest.mark.long
 def test_all_manifests_coexist(clean_world):
     """Applied together, every manifest still passes all its checks; destroyed, nothing is left."""
     for f in FILES:

@@ -401,6 +401,7 @@ def test_removed_pod_nat_leaves_the_kernel(machine, tmp_path):
     assert "CNET-" not in machine.legacy_save("pod-r1")
 
 
+@pytest.mark.long
 def test_plan_and_verify_create_no_legacy_table_in_pod_namespaces(machine, tmp_path):
     manifest = write(tmp_path, POD_NAT)
     assert machine.cnetctl("apply", manifest, "--no-verify").returncode == 0
@@ -418,6 +419,7 @@ def test_plan_and_verify_create_no_legacy_table_in_pod_namespaces(machine, tmp_p
 
 
 # --- the backend of the last apply; the plan shows the rules ----------------------------------------------
+@pytest.mark.long
 def test_plan_and_apply_keep_the_backend_of_the_last_apply(tmp_path, clean_world):
     assert cnetctl("apply", DOCKER, "--nat-backend", "iptables", "--no-verify").returncode == 0
     res = cnetctl("plan", DOCKER, "-o", "json")

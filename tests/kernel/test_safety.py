@@ -42,6 +42,7 @@ def plan_size(manifest: str, *extra: str) -> int:
 K8S = str(MANIFESTS / "k8s-pod-network.yaml")
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("manifest,backend", [(DOCKER, "nftables"), (DOCKER, "iptables"), (K8S, "nftables")],
                          ids=["docker-nftables", "docker-iptables", "k8s"])
 def test_fault_at_every_operation_rolls_back_to_the_exact_world(manifest, backend, firewall_ready, clean_world):
@@ -60,6 +61,7 @@ def test_fault_at_every_operation_rolls_back_to_the_exact_world(manifest, backen
     assert world() == before
 
 
+@pytest.mark.long
 def test_failed_update_keeps_the_previous_state(clean_world, tmp_path):
     assert cnetctl("apply", QUICK, "--no-verify").returncode == 0
     applied = world()
@@ -80,6 +82,7 @@ def test_failed_update_keeps_the_previous_state(clean_world, tmp_path):
     assert cnetctl("destroy", "--name", "quickstart").returncode == 0
 
 
+@pytest.mark.long
 def test_sigkill_at_every_operation_then_destroy_leaves_nothing(firewall_ready, clean_world):
     before = world()
     steps = plan_size(DOCKER)
@@ -98,6 +101,7 @@ def test_sigkill_at_every_operation_then_destroy_leaves_nothing(firewall_ready, 
         assert world() == before, f"SIGKILL at step {step} leaked"
 
 
+@pytest.mark.long
 def test_sigkill_during_destroy(firewall_ready, clean_world):
     before = world()
     killed = 0
@@ -138,6 +142,7 @@ def test_lock_timeout_exit_5():
     assert "quickstart-web" not in netns_list()
 
 
+@pytest.mark.long
 def test_three_concurrent_applies_end_with_one_correct_topology(clean_world):
     results: list[subprocess.CompletedProcess[str]] = []
     threads = [threading.Thread(target=lambda: results.append(cnetctl("apply", QUICK))) for _ in range(3)]
@@ -152,6 +157,7 @@ def test_three_concurrent_applies_end_with_one_correct_topology(clean_world):
     assert cnetctl("destroy", "--name", "quickstart").returncode == 0
 
 
+@pytest.mark.long
 def test_two_topologies_applied_concurrently_both_pass(firewall_ready, clean_world):
     results: dict[str, subprocess.CompletedProcess[str]] = {}
     threads = [threading.Thread(target=lambda m=m: results.__setitem__(m, cnetctl("apply", m)))
@@ -168,6 +174,7 @@ def test_two_topologies_applied_concurrently_both_pass(firewall_ready, clean_wor
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
 
 
+@pytest.mark.long
 def test_shared_host_sysctl_is_restored_by_the_last_topology_only(firewall_ready, clean_world):
     forward = Path("/proc/sys/net/ipv4/ip_forward")
     assert forward.read_text().strip() == "0"
@@ -212,6 +219,7 @@ def test_conflicts_are_reported_at_plan_time_and_touch_nothing(clean_world, tmp_
         run("ip", "link", "del", "usr0")
 
 
+@pytest.mark.long
 def test_another_topologys_objects_are_never_adopted(clean_world, tmp_path):
     assert cnetctl("apply", QUICK, "--no-verify").returncode == 0
     doc = yaml.safe_load(Path(QUICK).read_text())

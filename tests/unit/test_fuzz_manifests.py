@@ -175,6 +175,7 @@ def test_seeds_are_valid(workdir: Path) -> None:
         api.validate(str(path))
 
 
+@pytest.mark.long
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(doc=mutated_manifests())
