@@ -301,6 +301,56 @@ def explain(name: Annotated[str, typer.Argument(help="topology name")],
         raise typer.Exit(1)
 
 
+# --- generate (issue 12): manifests made by program, printed ready to apply ------------------------
+generate_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                           help="Print a ready-to-apply manifest (with checks) to stdout: "
+                                "cnetctl generate k8s --nodes 2 --pods-per-node 2 > k8s.yaml")
+app.add_typer(generate_app, name="generate")
+
+
+class K8sMode(str, enum.Enum):
+    host_gw = "host-gw"
+    vxlan = "vxlan"
+
+
+GenNameOpt = Annotated[str | None, typer.Option("--name", help="topology name (1-16: a-z, 0-9, '-')",
+                                                show_default=False)]
+
+
+def _print_generated(doc: dict[str, Any], argv: list[str]) -> None:
+    from .generate import to_yaml
+    sys.stdout.write(to_yaml(doc, comment=f"made by: cnetctl generate {' '.join(argv)}\n"
+                             "apply: sudo cnetctl apply FILE   (without touching the host: sudo cnetctl try FILE)"))
+
+
+@generate_app.command("bridge", cls=_Command)
+def generate_bridge(pods: Annotated[int, typer.Option("--pods", help="how many pods (network namespaces)",
+                                                      show_default=False)],
+                    name: GenNameOpt = None) -> None:
+    """N pods on one host bridge (docker0 style), each with a default route via the bridge."""
+    from .generate import bridge
+    _print_generated(bridge(pods, name=name or "pods"), ["bridge", "--pods", str(pods)]
+                     + (["--name", name] if name else []))
+
+
+@generate_app.command("k8s", cls=_Command)
+def generate_k8s(nodes: Annotated[int, typer.Option("--nodes", help="Kubernetes nodes", show_default=False)],
+                 pods_per_node: Annotated[int, typer.Option("--pods-per-node", help="pods on each node",
+                                                            show_default=False)],
+                 mode: Annotated[K8sMode, typer.Option("--mode", help="host-gw: routes via the nodes' "
+                                                       "underlay addresses; vxlan: a flannel-style overlay")]
+                 = K8sMode.host_gw,
+                 name: GenNameOpt = None,
+                 hosts: Annotated[int | None, typer.Option("--hosts", help="spread the nodes over H machines "
+                                                           "(hosts: and on:)", show_default=False)] = None) -> None:
+    """The Kubernetes pod network: nodes with a pod bridge and a /24 pod CIDR each, on one underlay."""
+    from .generate import k8s
+    doc = k8s(nodes, pods_per_node, mode=mode.value, name=name or "k8s", hosts=hosts)
+    _print_generated(doc, ["k8s", "--nodes", str(nodes), "--pods-per-node", str(pods_per_node), "--mode",
+                           mode.value] + (["--name", name] if name else []) + (["--hosts", str(hosts)] if hosts
+                                                                                  else []))
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
     def on_term(signum, frame):  # type: ignore[no-untyped-def]
