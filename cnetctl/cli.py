@@ -351,6 +351,34 @@ def generate_k8s(nodes: Annotated[int, typer.Option("--nodes", help="Kubernetes 
                                                                                   else []))
 
 
+# --- graph (issue 12): the topology as a diagram ---------------------------------------------------
+class GraphFormat(str, enum.Enum):
+    mermaid = "mermaid"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+@command()
+def graph(file: FileArg,
+          fmt: Annotated[GraphFormat, typer.Option("-f", "--format", help="mermaid or dot (text); svg or png "
+                                                   "(through Graphviz's dot)")] = GraphFormat.mermaid,
+          out: Annotated[str | None, typer.Option("-o", "--out", metavar="FILE", help="write here (default: stdout)",
+                                                  show_default=False)] = None) -> None:
+    """Draw the topology: nodes, bridges, VXLANs, links with interface names and addresses (needs no root)."""
+    from .graph import render
+    desired = api.validate(file)
+    data = render(desired.topology, fmt.value, desired.nodes)
+    if out is not None:
+        with open(out, "wb") as fh:
+            fh.write(data)
+    elif fmt is GraphFormat.png and sys.stdout.isatty():
+        raise UsageError("-f png is binary: write it to a file with -o FILE")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
     def on_term(signum, frame):  # type: ignore[no-untyped-def]
