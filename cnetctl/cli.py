@@ -379,6 +379,36 @@ def graph(file: FileArg,
         sys.stdout.flush()
 
 
+# --- try (issue 12): apply, verify, destroy in a throw-away world ----------------------------------
+@command(name="try")
+def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
+    """Apply, verify and destroy the manifest inside a throw-away network + mount namespace: the
+    machine's own network is never touched. Exit code: verify's (0 all checks passed, 1 not)."""
+    from .trycmd import outcome_json, try_manifest
+
+    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
+        if output is Output.text:
+            console.print(f"topology {name}: applying {len(p.actions)} operations in a throw-away network "
+                          "namespace")
+
+    def show(outcome):  # type: ignore[no-untyped-def]
+        for message in outcome.errors:
+            err_console.print(message, markup=False)
+        if output is Output.json:
+            print_json(outcome_json(outcome))
+            return
+        if outcome.applied and outcome.applied.report:
+            print_report(outcome.applied.report)
+        if outcome.destroyed is not None:
+            console.print(f"topology {outcome.topology}: destroyed ({len(outcome.destroyed.actions)} operations); "
+                          "the throw-away namespace goes with it, this machine's network was not touched")
+
+    rc = try_manifest(file, show, nat_backend=_backend(nat_backend), progress=_progress(output), on_plan=announce)
+    if rc:
+        raise typer.Exit(rc)
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
     def on_term(signum, frame):  # type: ignore[no-untyped-def]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
 
-from .conftest import cnetctl, ip, netns_list
+from .conftest import MANIFESTS, cnetctl, ip, netns_list, run
 
 GENERATED = {
     "bridge-3": ["bridge", "--pods", "3", "--name", "gbr"],
@@ -45,3 +46,47 @@ def test_a_generated_manifest_applies_verifies_and_destroys(shape, tmp_path, cle
     gone = cnetctl("destroy", "--name", name)
     assert gone.returncode == 0, gone.stderr
     assert not [ns for ns in netns_list() if ns.startswith(f"{name}-")]
+
+FAILING = """apiVersion: cnetctl/v1
+name: failing
+nodes:
+  a: {interfaces: {eth0: {addresses: [10.31.0.1/30]}}}
+  b: {interfaces: {eth0: {addresses: [10.31.0.2/30]}}}
+links: [[a:eth0, b:eth0]]
+checks:
+  - {ping: {from: a, to: 10.31.0.2}}
+  - {ping: {from: a, to: "b:eth0", expect: unreachable}}
+"""
+
+
+def test_try_applies_verifies_and_destroys_elsewhere(tmp_path, clean_world):
+    """`try` works in a world of its own: this world (the test's "machine") stays byte-identical,
+    its state directory gains nothing, and the exit code is verify's."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    files_before = sorted(os.listdir(state_dir))
+    # A namespace of the user's under a name the manifest needs: apply here would refuse (exit 2).
+    run("ip", "netns", "add", "quickstart-web", check=True)
+    user_ns = os.stat("/run/netns/quickstart-web").st_ino
+    res = cnetctl("try", str(MANIFESTS / "quickstart.yaml"), "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["verify"]["failed"] == 0 and out["verify"]["passed"] == 9, out["verify"]
+    assert out["plan"]["create"] == 19, out["plan"]
+    assert out["destroyed"]["delete"] > 0 and out["errors"] == []
+    assert netns_list() == ["quickstart-web"] and os.stat("/run/netns/quickstart-web").st_ino == user_ns
+    assert ip("quickstart-web", "link", "show")[0]["ifname"] == "lo"  # type: ignore[index]
+    assert len(ip("quickstart-web", "link", "show")) == 1  # type: ignore[arg-type]
+    run("ip", "netns", "del", "quickstart-web", check=True)
+    assert sorted(os.listdir(state_dir)) == files_before
+    # A check that fails: exit 1, the report says which, and still nothing is left here.
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(FAILING)
+    res = cnetctl("try", str(failing))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "2 passed, 1 failed" in res.stdout and "destroyed" in res.stdout, res.stdout
+    assert netns_list() == [] and sorted(os.listdir(state_dir)) == files_before
+    # Bad input: exit 2 before any world is made.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: cnetctl/v1\nname: Bad\nnodes: {}\n")
+    res = cnetctl("try", str(bad))
+    assert res.returncode == 2 and "bad.yaml:2: name" in res.stderr, res.stderr
