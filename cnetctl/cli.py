@@ -224,10 +224,17 @@ def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendO
 def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming the topology", show_default=False)]
             = None,
             name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
-            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0) -> None:
+            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0,
+            all_: Annotated[bool, typer.Option("--all", help="every topology cnetctl owns on this machine "
+                                               "(found by state files and ownership labels)")] = False) -> None:
     """Remove everything a topology owns; idempotent, works without the file or the state file."""
+    if all_:
+        if file is not None or name is not None:
+            raise UsageError("give either FILE, --name NAME or --all")
+        _destroy_all(output, lock_timeout)
+        return
     if (file is None) == (name is None):
-        raise UsageError("give either FILE or --name NAME")
+        raise UsageError("give either FILE, --name NAME or --all")
     if name is None:
         assert file is not None
         name = api.name_of(file)
@@ -299,6 +306,24 @@ def explain(name: Annotated[str, typer.Argument(help="topology name")],
             console.print(line, markup=False)
     if not expl.agrees:
         raise typer.Exit(1)
+
+
+# --- destroy --all (issue 12) ----------------------------------------------------------------------
+def _destroy_all(output: Output, lock_timeout: float) -> None:
+    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
+
+    def done(name, p):  # type: ignore[no-untyped-def]
+        if output is Output.text:
+            what = f"destroyed ({len(p.actions)} operations)" if not p.empty else "nothing left to destroy"
+            console.print(f"topology {name}: {what}", markup=False)
+
+    plans = api.destroy_all(Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
+                            on_plan=announce, on_done=done)
+    if output is Output.json:
+        print_json({"topologies": [{"topology": n, "destroyed": plan_json(p, n)} for n, p in plans.items()]})
+    elif not plans:
+        console.print("no topologies to destroy: cnetctl owns nothing on this machine")
 
 
 # --- generate (issue 12): manifests made by program, printed ready to apply ------------------------

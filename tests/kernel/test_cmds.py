@@ -90,3 +90,27 @@ def test_try_applies_verifies_and_destroys_elsewhere(tmp_path, clean_world):
     bad.write_text("apiVersion: cnetctl/v1\nname: Bad\nnodes: {}\n")
     res = cnetctl("try", str(bad))
     assert res.returncode == 2 and "bad.yaml:2: name" in res.stderr, res.stderr
+
+
+def test_destroy_all_finds_every_topology_by_state_file_and_by_label(tmp_path, clean_world):
+    """Two topologies, one of them without its state file (found by its labels alone), beside a
+    namespace of the user's: destroy --all removes both, says so, leaves the user's, and is idempotent."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    gen = cnetctl("generate", "bridge", "--pods", "1", "--name", "gall")
+    (tmp_path / "gall.yaml").write_text(gen.stdout)
+    (tmp_path / "failing.yaml").write_text(FAILING)
+    for path in ("gall.yaml", "failing.yaml"):
+        assert cnetctl("apply", str(tmp_path / path), "--no-verify").returncode == 0
+    os.unlink(os.path.join(state_dir, "failing.json"))
+    run("ip", "netns", "add", "failing-user", check=True)
+    res = cnetctl("destroy", "--all")
+    assert res.returncode == 0, res.stderr
+    assert "topology failing: destroyed (" in res.stdout and "topology gall: destroyed (" in res.stdout, res.stdout
+    assert "- netns gall-pod0" in res.stdout    # each operation, as a plain line (stdout is not a terminal)
+    assert netns_list() == ["failing-user"]
+    assert not [link for link in ip(None, "link", "show") if link.get("ifalias", "").startswith("cnetctl:")]  # type: ignore[union-attr]
+    assert not [f for f in os.listdir(state_dir) if f.endswith(".json")]
+    again = cnetctl("destroy", "--all", "-o", "json")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"topologies": []}, again.stdout
+    assert cnetctl("destroy", "--all", "--name", "gall").returncode == 2
+    run("ip", "netns", "del", "failing-user", check=True)
