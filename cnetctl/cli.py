@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 import signal
@@ -9,14 +10,12 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
 from .faults import hook_from_env
-from .plan import Action
-from .render import STYLE, console, err_console, plan_json, print_json, print_plan, print_report, print_status
+from .render import ActionProgress, console, err_console, plan_json, print_json, print_plan, print_report, print_status
 from .state import DEFAULT_STATE_DIR
 
 
@@ -113,15 +112,9 @@ def main_options(
     Opts.state_dir = state_dir
 
 
-def _progress(output: Output):  # type: ignore[no-untyped-def]
-    if output is Output.json:
-        return None
-
-    def show(phase: str, action: Action) -> None:
-        # What a rollback undoes is said as such: a "+" printed earlier no longer exists.
-        prefix = "rollback: " if phase == "undo" else ""
-        console.print(f"[{STYLE[action.op]}]{prefix}{escape(action.describe())}[/]")
-    return show
+def _progress(output: Output) -> ActionProgress | None:
+    """Lines, or a bar on a terminal for a long plan (render.ActionProgress); nothing with -o json."""
+    return None if output is Output.json else ActionProgress(console)
 
 
 @command()
@@ -185,6 +178,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     that the file no longer declares. On a kernel error everything this run did is
     rolled back (exit 3)."""
 
+    progress = _progress(output)
+
     def announce(name, p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text:
@@ -194,10 +189,13 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
                 c = p.counts()
                 console.print(f"topology {name}: applying {c['create']} to create, {c['update']} to change, "
                               f"{c['delete']} to delete")
+        if progress:
+            progress.expect(len(p.actions), "applying")
 
-    result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
-                       progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend),
-                       before_step=hook_from_env())
+    with progress or contextlib.nullcontext():
+        result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
+                           progress=progress, on_plan=announce, nat_backend=_backend(nat_backend),
+                           before_step=hook_from_env())
     if output is Output.json:
         data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
                 "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
@@ -244,13 +242,18 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
     if not re.match(TOPOLOGY_NAME_RE, name):
         raise UsageError(f"invalid topology name {name!r}")
 
+    progress = _progress(output)
+
     def announce(p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text and p.empty:
             console.print(f"topology {name}: nothing to destroy")
+        if progress:
+            progress.expect(len(p.actions), "destroying")
 
-    the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
-                           on_plan=announce, before_step=hook_from_env())
+    with progress or contextlib.nullcontext():
+        the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=progress,
+                               on_plan=announce, before_step=hook_from_env())
     if output is Output.json:
         print_json({"topology": name, "destroyed": plan_json(the_plan, name)})
     elif not the_plan.empty:
@@ -310,16 +313,23 @@ def explain(name: Annotated[str, typer.Argument(help="topology name")],
 
 # --- destroy --all (issue 12) ----------------------------------------------------------------------
 def _destroy_all(output: Output, lock_timeout: float) -> None:
+    progress = _progress(output)
+
     def announce(name, p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
+        if progress:
+            progress.expect(len(p.actions), f"destroying {name}")
 
     def done(name, p):  # type: ignore[no-untyped-def]
+        if progress:
+            progress.close()
         if output is Output.text:
             what = f"destroyed ({len(p.actions)} operations)" if not p.empty else "nothing left to destroy"
             console.print(f"topology {name}: {what}", markup=False)
 
-    plans = api.destroy_all(Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
-                            on_plan=announce, on_done=done)
+    with progress or contextlib.nullcontext():
+        plans = api.destroy_all(Opts.state_dir, lock_timeout=lock_timeout, progress=progress,
+                                on_plan=announce, on_done=done)
     if output is Output.json:
         print_json({"topologies": [{"topology": n, "destroyed": plan_json(p, n)} for n, p in plans.items()]})
     elif not plans:
@@ -416,8 +426,12 @@ def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt
         if output is Output.text:
             console.print(f"topology {name}: applying {len(p.actions)} operations in a throw-away network "
                           "namespace")
+        if progress:
+            progress.expect(len(p.actions), "applying")
 
     def show(outcome):  # type: ignore[no-untyped-def]
+        if progress:
+            progress.close()
         for message in outcome.errors:
             err_console.print(message, markup=False)
         if output is Output.json:
@@ -429,7 +443,8 @@ def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt
             console.print(f"topology {outcome.topology}: destroyed ({len(outcome.destroyed.actions)} operations); "
                           "the throw-away namespace goes with it, this machine's network was not touched")
 
-    rc = try_manifest(file, show, nat_backend=_backend(nat_backend), progress=_progress(output), on_plan=announce)
+    progress = _progress(output)
+    rc = try_manifest(file, show, nat_backend=_backend(nat_backend), progress=progress, on_plan=announce)
     if rc:
         raise typer.Exit(rc)
 

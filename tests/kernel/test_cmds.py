@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 
 import pytest
 import yaml
 
-from .conftest import MANIFESTS, cnetctl, ip, netns_list, run
+from .conftest import MANIFESTS, ROOT, cnetctl, ip, netns_list, run
 
 GENERATED = {
     "bridge-3": ["bridge", "--pods", "3", "--name", "gbr"],
@@ -114,3 +121,37 @@ def test_destroy_all_finds_every_topology_by_state_file_and_by_label(tmp_path, c
     assert again.returncode == 0 and json.loads(again.stdout) == {"topologies": []}, again.stdout
     assert cnetctl("destroy", "--all", "--name", "gall").returncode == 2
     run("ip", "netns", "del", "failing-user", check=True)
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """cnetctl with stdout on a pseudo-terminal (120 columns); what the terminal received, escapes removed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM", "COLUMNS")}
+    proc = subprocess.Popen([sys.executable, "-m", "cnetctl", *args], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=ROOT, env={**env, "TERM": "xterm"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:   # EIO: the other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    rc = proc.wait(timeout=120)
+    return rc, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "\n")
+
+
+def test_a_long_apply_shows_a_bar_on_a_terminal_and_lines_in_a_pipe(tmp_path, clean_world):
+    path = tmp_path / "gbar.yaml"
+    path.write_text(cnetctl("generate", "bridge", "--pods", "20", "--name", "gbar").stdout)
+    rc, screen = on_a_terminal("apply", str(path), "--no-verify")
+    assert rc == 0, screen
+    assert "topology gbar: applying 122 to create" in screen and "122/122" in screen and "━" in screen, screen
+    assert not [line for line in screen.splitlines() if line.startswith("+ ")], screen
+    piped = cnetctl("destroy", "--name", "gbar")
+    assert piped.returncode == 0 and "- netns gbar-pod0\n" in piped.stdout and "━" not in piped.stdout
+    assert netns_list() == []
