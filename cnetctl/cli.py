@@ -47,7 +47,7 @@ app = typer.Typer(
          "Exit codes: 0 ok, 1 checks failed or drift, 2 invalid input, 3 kernel operation failed (rolled back), "
          "4 not root, 5 topology locked.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,   # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -417,8 +417,9 @@ def graph(file: FileArg,
 # --- try (issue 12): apply, verify, destroy in a throw-away world ----------------------------------
 @command(name="try")
 def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
-    """Apply, verify and destroy the manifest inside a throw-away network + mount namespace: the
-    machine's own network is never touched. Exit code: verify's (0 all checks passed, 1 not)."""
+    """Apply, verify and destroy the manifest in a throw-away network + mount namespace (exit code: verify's).
+
+    The machine's own network is never touched: everything lives and dies in that namespace."""
     from .trycmd import outcome_json, try_manifest
 
     def announce(name, p, warnings):  # type: ignore[no-untyped-def]
@@ -456,8 +457,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        # standalone_mode=False: click returns typer.Exit's code instead of exiting.
-        rc = app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit's code instead of exiting. prog_name: the
+        # completion scripts name the `cnetctl` command also when it runs as `python -m cnetctl`.
+        rc = app(standalone_mode=False, prog_name="cnetctl")
         sys.exit(rc if isinstance(rc, int) else 0)
     except CnetctlError as err:
         if isinstance(err, TopologyError):
