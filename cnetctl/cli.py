@@ -354,8 +354,9 @@ GenNameOpt = Annotated[str | None, typer.Option("--name", help="topology name (1
 
 def _print_generated(doc: dict[str, Any], argv: list[str]) -> None:
     from .generate import to_yaml
-    sys.stdout.write(to_yaml(doc, comment=f"made by: cnetctl generate {' '.join(argv)}\n"
-                             "apply: sudo cnetctl apply FILE   (without touching the host: sudo cnetctl try FILE)"))
+    how = ("on each machine (edit hosts: to their addresses): sudo cnetctl apply FILE --host NAME"
+           if "hosts" in doc else "apply: sudo cnetctl apply FILE   (without touching the host: sudo cnetctl try FILE)")
+    sys.stdout.write(to_yaml(doc, comment=f"made by: cnetctl generate {' '.join(argv)}\n{how}"))
 
 
 @generate_app.command("bridge", cls=_Command)

@@ -127,7 +127,7 @@ def _machines(topo: Topology, nodes: dict[str, Box]) -> list[Box]:
     hosts = _hosts(topo)
     if not hosts:
         return list(nodes.values())
-    boxes = {h: Box(f"m{i}", f"machine {h}" + (f" ({addr})" if (addr := _address_of(spec)) else ""))
+    boxes = {h: Box(f"m{i}", f"host {h}" + (f" ({addr})" if (addr := _address_of(spec)) else ""))
              for i, (h, spec) in enumerate(hosts.items())}
     loose: list[Box] = []
     for name, box in nodes.items():

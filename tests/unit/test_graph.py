@@ -140,9 +140,9 @@ def test_hosts_are_clusters_holding_their_nodes():
     doc = generate.k8s(3, 1, mode="vxlan", hosts=2)
     g = parse_mermaid(graph.mermaid(graph.build(_with_hosts(doc))))
     machines = {lbl: box for box, (lbl, parent) in g["boxes"].items() if parent is None}
-    assert set(machines) == {"machine machine1 (192.0.2.11)", "machine machine2 (192.0.2.12)"}
+    assert set(machines) == {"host machine1 (192.0.2.11)", "host machine2 (192.0.2.12)"}
     inside = {lbl.split(":")[0]: parent for lbl, parent in g["boxes"].values() if parent}
-    m1, m2 = machines["machine machine1 (192.0.2.11)"], machines["machine machine2 (192.0.2.12)"]
+    m1, m2 = machines["host machine1 (192.0.2.11)"], machines["host machine2 (192.0.2.12)"]
     assert inside == {"machine1": m1, "node1": m1, "pod1-0": m1, "node2": m1, "pod2-0": m1,
                       "machine2": m2, "node3": m2, "pod3-0": m2}
     labels = {d: unescape(lbl) for d, lbl in g["devices"].items()}
