@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
-from .errors import ConflictError, KernelError, NotPermitted, UsageError
+from .errors import CnetctlError, ConflictError, Interrupted, KernelError, NotPermitted, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
 from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
@@ -20,7 +20,7 @@ from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
-from .model.topology import Topology
+from .model.topology import Topology, is_topology_name
 from .nat_rules import forward_subnets
 from .normalize import DesiredState, normalize
 from .observe import CurrentState, observe, scan_owners
@@ -311,10 +311,7 @@ def status(name: str | None = None, directory: str | None = None) -> list[Topolo
     require_root()
     directory = state_dir(directory)
     with Sockets() as sockets:
-        owners = scan_owners(sockets)
-        names = set(list_state_names(directory)) | {o for o in owners.values() if o}
-        names |= {owner for link in klinks.dump_links(sockets.get(None))
-                  if (owner := owner_of(link.alias)) is not None}
+        names = owned_names(directory, sockets)
         if name is not None:
             if name not in names:
                 raise UsageError(f"no topology named {name} is applied")
@@ -325,6 +322,51 @@ def status(name: str | None = None, directory: str | None = None) -> list[Topolo
             current = observe(n, st, sockets)
             out.append(TopologyStatus(n, st.exists, st.nodes, current.resources, st.applied_at, st.manifest))
         return out
+
+
+def owned_names(directory: str, sockets: Sockets) -> set[str]:
+    """Every topology with something on this machine: a state file, a labelled namespace, a
+    labelled link in the host namespace (what a lost state file leaves is still found)."""
+    owners = scan_owners(sockets)
+    names = set(list_state_names(directory)) | {o for o in owners.values() if o}
+    names |= {owner for link in klinks.dump_links(sockets.get(None)) if (owner := owner_of(link.alias)) is not None}
+    return names
+
+
+def destroy_all(directory: str | None = None, *, lock_timeout: float = 30.0, progress: Progress | None = None,
+                on_plan: Callable[[str, Plan, list[str]], None] | None = None,
+                on_done: Callable[[str, Plan], None] | None = None) -> dict[str, Plan]:
+    """destroy() every topology found by owned_names(), one after the other. A label that
+    names no valid topology is skipped with a warning; a topology that cannot be destroyed
+    (locked, a kernel error) does not stop the others: the first such error is raised at
+    the end, naming every topology that is left."""
+    require_root()
+    directory = state_dir(directory)
+    with Sockets() as sockets:
+        found = owned_names(directory, sockets)
+    done: dict[str, Plan] = {}
+    failed: list[tuple[str, CnetctlError]] = []
+    for name in sorted(found):
+        if not is_topology_name(name):
+            if on_plan:
+                on_plan(name, Plan([]), [f"skipped the label cnetctl:{name}: {name!r} is not a topology name"])
+            continue
+        try:
+            done[name] = destroy(name, directory, lock_timeout=lock_timeout, progress=progress,
+                                 on_plan=functools.partial(on_plan, name) if on_plan else None)
+        except Interrupted:
+            raise   # Ctrl-C / SIGTERM stop it all; what is left, destroy --all finishes
+        except CnetctlError as err:
+            failed.append((name, err))
+            continue
+        if on_done:
+            on_done(name, done[name])
+    if failed:
+        left = "; ".join(f"{name}: {err}" for name, err in failed)
+        error = CnetctlError(f"destroy --all left {len(failed)} topolog{'y' if len(failed) == 1 else 'ies'}: {left}")
+        error.exit_code = failed[0][1].exit_code   # the exit code of the first failure
+        raise error from failed[0][1]
+    return done
 
 
 def node_netns(name: str, node: str, directory: str | None = None) -> str | None:

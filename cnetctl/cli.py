@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 import signal
@@ -9,14 +10,12 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api
 from .errors import CnetctlError, TopologyError, UsageError
 from .faults import hook_from_env
-from .plan import Action
-from .render import STYLE, console, err_console, plan_json, print_json, print_plan, print_report, print_status
+from .render import ActionProgress, console, err_console, plan_json, print_json, print_plan, print_report, print_status
 from .state import DEFAULT_STATE_DIR
 
 
@@ -48,7 +47,7 @@ app = typer.Typer(
          "Exit codes: 0 ok, 1 checks failed or drift, 2 invalid input, 3 kernel operation failed (rolled back), "
          "4 not root, 5 topology locked.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,   # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -113,15 +112,9 @@ def main_options(
     Opts.state_dir = state_dir
 
 
-def _progress(output: Output):  # type: ignore[no-untyped-def]
-    if output is Output.json:
-        return None
-
-    def show(phase: str, action: Action) -> None:
-        # What a rollback undoes is said as such: a "+" printed earlier no longer exists.
-        prefix = "rollback: " if phase == "undo" else ""
-        console.print(f"[{STYLE[action.op]}]{prefix}{escape(action.describe())}[/]")
-    return show
+def _progress(output: Output) -> ActionProgress | None:
+    """Lines, or a bar on a terminal for a long plan (render.ActionProgress); nothing with -o json."""
+    return None if output is Output.json else ActionProgress(console)
 
 
 @command()
@@ -185,6 +178,8 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     that the file no longer declares. On a kernel error everything this run did is
     rolled back (exit 3)."""
 
+    progress = _progress(output)
+
     def announce(name, p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text:
@@ -194,10 +189,13 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
                 c = p.counts()
                 console.print(f"topology {name}: applying {c['create']} to create, {c['update']} to change, "
                               f"{c['delete']} to delete")
+        if progress:
+            progress.expect(len(p.actions), "applying")
 
-    result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
-                       progress=_progress(output), on_plan=announce, nat_backend=_backend(nat_backend),
-                       before_step=hook_from_env())
+    with progress or contextlib.nullcontext():
+        result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
+                           progress=progress, on_plan=announce, nat_backend=_backend(nat_backend),
+                           before_step=hook_from_env())
     if output is Output.json:
         data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
                 "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
@@ -224,10 +222,17 @@ def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendO
 def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming the topology", show_default=False)]
             = None,
             name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
-            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0) -> None:
+            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0,
+            all_: Annotated[bool, typer.Option("--all", help="every topology cnetctl owns on this machine "
+                                               "(found by state files and ownership labels)")] = False) -> None:
     """Remove everything a topology owns; idempotent, works without the file or the state file."""
+    if all_:
+        if file is not None or name is not None:
+            raise UsageError("give either FILE, --name NAME or --all")
+        _destroy_all(output, lock_timeout)
+        return
     if (file is None) == (name is None):
-        raise UsageError("give either FILE or --name NAME")
+        raise UsageError("give either FILE, --name NAME or --all")
     if name is None:
         assert file is not None
         name = api.name_of(file)
@@ -237,13 +242,18 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
     if not re.match(TOPOLOGY_NAME_RE, name):
         raise UsageError(f"invalid topology name {name!r}")
 
+    progress = _progress(output)
+
     def announce(p, warnings):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text and p.empty:
             console.print(f"topology {name}: nothing to destroy")
+        if progress:
+            progress.expect(len(p.actions), "destroying")
 
-    the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=_progress(output),
-                           on_plan=announce, before_step=hook_from_env())
+    with progress or contextlib.nullcontext():
+        the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=progress,
+                               on_plan=announce, before_step=hook_from_env())
     if output is Output.json:
         print_json({"topology": name, "destroyed": plan_json(the_plan, name)})
     elif not the_plan.empty:
@@ -301,6 +311,146 @@ def explain(name: Annotated[str, typer.Argument(help="topology name")],
         raise typer.Exit(1)
 
 
+# --- destroy --all (issue 12) ----------------------------------------------------------------------
+def _destroy_all(output: Output, lock_timeout: float) -> None:
+    progress = _progress(output)
+
+    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
+        if progress:
+            progress.expect(len(p.actions), f"destroying {name}")
+
+    def done(name, p):  # type: ignore[no-untyped-def]
+        if progress:
+            progress.close()
+        if output is Output.text:
+            what = f"destroyed ({len(p.actions)} operations)" if not p.empty else "nothing left to destroy"
+            console.print(f"topology {name}: {what}", markup=False)
+
+    with progress or contextlib.nullcontext():
+        plans = api.destroy_all(Opts.state_dir, lock_timeout=lock_timeout, progress=progress,
+                                on_plan=announce, on_done=done)
+    if output is Output.json:
+        print_json({"topologies": [{"topology": n, "destroyed": plan_json(p, n)} for n, p in plans.items()]})
+    elif not plans:
+        console.print("no topologies to destroy: cnetctl owns nothing on this machine")
+
+
+# --- generate (issue 12): manifests made by program, printed ready to apply ------------------------
+generate_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                           help="Print a ready-to-apply manifest (with checks) to stdout: "
+                                "cnetctl generate k8s --nodes 2 --pods-per-node 2 > k8s.yaml")
+app.add_typer(generate_app, name="generate")
+
+
+class K8sMode(str, enum.Enum):
+    host_gw = "host-gw"
+    vxlan = "vxlan"
+
+
+GenNameOpt = Annotated[str | None, typer.Option("--name", help="topology name (1-16: a-z, 0-9, '-')",
+                                                show_default=False)]
+
+
+def _print_generated(doc: dict[str, Any], argv: list[str]) -> None:
+    from .generate import to_yaml
+    how = ("on each machine (edit hosts: to their addresses): sudo cnetctl apply FILE --host NAME"
+           if "hosts" in doc else "apply: sudo cnetctl apply FILE   (without touching the host: sudo cnetctl try FILE)")
+    sys.stdout.write(to_yaml(doc, comment=f"made by: cnetctl generate {' '.join(argv)}\n{how}"))
+
+
+@generate_app.command("bridge", cls=_Command)
+def generate_bridge(pods: Annotated[int, typer.Option("--pods", help="how many pods (network namespaces)",
+                                                      show_default=False)],
+                    name: GenNameOpt = None) -> None:
+    """N pods on one host bridge (docker0 style), each with a default route via the bridge."""
+    from .generate import bridge
+    _print_generated(bridge(pods, name=name or "pods"), ["bridge", "--pods", str(pods)]
+                     + (["--name", name] if name else []))
+
+
+@generate_app.command("k8s", cls=_Command)
+def generate_k8s(nodes: Annotated[int, typer.Option("--nodes", help="Kubernetes nodes", show_default=False)],
+                 pods_per_node: Annotated[int, typer.Option("--pods-per-node", help="pods on each node",
+                                                            show_default=False)],
+                 mode: Annotated[K8sMode, typer.Option("--mode", help="host-gw: routes via the nodes' "
+                                                       "underlay addresses; vxlan: a flannel-style overlay")]
+                 = K8sMode.host_gw,
+                 name: GenNameOpt = None,
+                 hosts: Annotated[int | None, typer.Option("--hosts", help="spread the nodes over H machines "
+                                                           "(hosts: and on:)", show_default=False)] = None) -> None:
+    """The Kubernetes pod network: nodes with a pod bridge and a /24 pod CIDR each, on one underlay."""
+    from .generate import k8s
+    doc = k8s(nodes, pods_per_node, mode=mode.value, name=name or "k8s", hosts=hosts)
+    _print_generated(doc, ["k8s", "--nodes", str(nodes), "--pods-per-node", str(pods_per_node), "--mode",
+                           mode.value] + (["--name", name] if name else []) + (["--hosts", str(hosts)] if hosts
+                                                                                  else []))
+
+
+# --- graph (issue 12): the topology as a diagram ---------------------------------------------------
+class GraphFormat(str, enum.Enum):
+    mermaid = "mermaid"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+@command()
+def graph(file: FileArg,
+          fmt: Annotated[GraphFormat, typer.Option("-f", "--format", help="mermaid or dot (text); svg or png "
+                                                   "(through Graphviz's dot)")] = GraphFormat.mermaid,
+          out: Annotated[str | None, typer.Option("-o", "--out", metavar="FILE", help="write here (default: stdout)",
+                                                  show_default=False)] = None) -> None:
+    """Draw the topology: nodes, bridges, VXLANs, links with interface names and addresses (needs no root)."""
+    from .graph import render
+    desired = api.validate(file)
+    data = render(desired.topology, fmt.value, desired.nodes)
+    if out is not None:
+        with open(out, "wb") as fh:
+            fh.write(data)
+    elif fmt is GraphFormat.png and sys.stdout.isatty():
+        raise UsageError("-f png is binary: write it to a file with -o FILE")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+# --- try (issue 12): apply, verify, destroy in a throw-away world ----------------------------------
+@command(name="try")
+def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
+    """Apply, verify and destroy the manifest in a throw-away network + mount namespace (exit code: verify's).
+
+    The machine's own network is never touched: everything lives and dies in that namespace."""
+    from .trycmd import outcome_json, try_manifest
+
+    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
+        _warn(warnings)
+        if output is Output.text:
+            console.print(f"topology {name}: applying {len(p.actions)} operations in a throw-away network "
+                          "namespace")
+        if progress:
+            progress.expect(len(p.actions), "applying")
+
+    def show(outcome):  # type: ignore[no-untyped-def]
+        if progress:
+            progress.close()
+        for message in outcome.errors:
+            err_console.print(message, markup=False)
+        if output is Output.json:
+            print_json(outcome_json(outcome))
+            return
+        if outcome.applied and outcome.applied.report:
+            print_report(outcome.applied.report)
+        if outcome.destroyed is not None:
+            console.print(f"topology {outcome.topology}: destroyed ({len(outcome.destroyed.actions)} operations); "
+                          "the throw-away namespace goes with it, this machine's network was not touched")
+
+    progress = _progress(output)
+    rc = try_manifest(file, show, nat_backend=_backend(nat_backend), progress=progress, on_plan=announce)
+    if rc:
+        raise typer.Exit(rc)
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so an interrupted apply rolls back (exit 143).
     def on_term(signum, frame):  # type: ignore[no-untyped-def]
@@ -308,8 +458,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        # standalone_mode=False: click returns typer.Exit's code instead of exiting.
-        rc = app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit's code instead of exiting. prog_name: the
+        # completion scripts name the `cnetctl` command also when it runs as `python -m cnetctl`.
+        rc = app(standalone_mode=False, prog_name="cnetctl")
         sys.exit(rc if isinstance(rc, int) else 0)
     except CnetctlError as err:
         if isinstance(err, TopologyError):

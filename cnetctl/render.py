@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .plan import Plan
+from .plan import Action, Plan
 from .verify import VerifyReport, describe
 
 console = Console(highlight=False, soft_wrap=True)
@@ -103,3 +103,58 @@ def _route_text(route: dict[str, Any]) -> str:
     if route["metric"]:
         parts += ["metric", str(route["metric"])]
     return " ".join(parts)
+
+
+BAR_FROM = 40   # operations: a plan at least this long shows a bar on a terminal, not a line per operation
+
+
+class ActionProgress:
+    """What apply and destroy show while they work (text output; -o json shows nothing).
+
+    Not a terminal (a pipe, a log, CI): one plain line per operation, as a script can read
+    it. A terminal: the same lines for a short plan; for a long one (`expect` says how
+    long) a rich progress bar naming the operation in hand. Rollback steps are always
+    lines (above the bar): what was undone must stay on the screen."""
+
+    def __init__(self, out: Console | None = None, bar_from: int = BAR_FROM) -> None:
+        self.out = out or console
+        self.bar_from = bar_from
+        self._bar: Any = None
+        self._task: Any = None
+
+    def expect(self, total: int, verb: str = "applying") -> None:
+        """The next `total` operations belong to one plan: show a bar when that is long."""
+        self.close()
+        if self.out.is_terminal and total >= self.bar_from:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.table import Column
+
+            # The operation's text takes what the bar and the counts leave, cut short, never them.
+            what = TextColumn("{task.fields[what]}", markup=False,
+                              table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+            self._bar = Progress(TextColumn(escape(verb)), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), what, console=self.out, redirect_stdout=False,
+                                 redirect_stderr=False)
+            self._task = self._bar.add_task(verb, total=total, what="")
+            self._bar.start()
+
+    def __call__(self, phase: str, action: Action) -> None:
+        if self._bar is not None and phase == "apply":
+            self._bar.update(self._task, advance=1, what=action.describe())
+            return
+        # What a rollback undoes is said as such: a "+" printed earlier no longer exists.
+        prefix = "rollback: " if phase == "undo" else ""
+        target = self._bar.console if self._bar is not None else self.out
+        target.print(f"[{STYLE[action.op]}]{prefix}{escape(action.describe())}[/]")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, what="")
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> ActionProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,157 @@
+"""The issue-12 commands on the real kernel: generated manifests applied, verified and destroyed."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+import yaml
+
+from .conftest import MANIFESTS, ROOT, cnetctl, ip, netns_list, run
+
+GENERATED = {
+    "bridge-3": ["bridge", "--pods", "3", "--name", "gbr"],
+    "host-gw-2x2": ["k8s", "--nodes", "2", "--pods-per-node", "2", "--mode", "host-gw", "--name", "ghg"],
+    "vxlan-2x2": ["k8s", "--nodes", "2", "--pods-per-node", "2", "--mode", "vxlan", "--name", "gvx"],
+}
+
+
+@pytest.mark.parametrize("shape", GENERATED)
+def test_a_generated_manifest_applies_verifies_and_destroys(shape, tmp_path, clean_world):
+    made = cnetctl("generate", *GENERATED[shape])
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / f"{shape}.yaml"
+    path.write_text(made.stdout)
+    doc = yaml.safe_load(made.stdout)
+    name, pods = doc["name"], [n for n in doc["nodes"] if n.startswith("pod")]
+    res = cnetctl("apply", str(path), "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)["verify"]
+    assert report["failed"] == 0 and report["passed"] == len(report["checks"]), report
+    passed = {c["kind"] for c in report["checks"] if c["ok"]}
+    assert {"ping", "mesh", "source", "readback"} <= passed, passed
+    mesh = next(c for c in report["checks"] if c["kind"] == "mesh")
+    assert mesh["pairs"] == mesh["pairs_ok"] >= 2
+    # The kernel's own view: a namespace per pod, with the address the manifest gave it.
+    assert {f"{name}-{p}" for p in pods} <= set(netns_list())
+    for pod in pods:
+        (eth0,) = ip(f"{name}-{pod}", "addr", "show", "dev", "eth0")  # type: ignore[misc]
+        want = doc["nodes"][pod]["interfaces"]["eth0"]["addresses"][0]
+        assert eth0["operstate"] == "UP" or "UP" in eth0["flags"]
+        assert [f"{a['local']}/{a['prefixlen']}" for a in eth0["addr_info"] if a["family"] == "inet"] == [want]
+    if shape.startswith("vxlan"):
+        (vtep,) = ip(f"{name}-node1", "-d", "link", "show", "flannel.1")  # type: ignore[misc]
+        assert vtep["linkinfo"]["info_kind"] == "vxlan" and vtep["linkinfo"]["info_data"]["id"] == 1
+    gone = cnetctl("destroy", "--name", name)
+    assert gone.returncode == 0, gone.stderr
+    assert not [ns for ns in netns_list() if ns.startswith(f"{name}-")]
+
+FAILING = """apiVersion: cnetctl/v1
+name: failing
+nodes:
+  a: {interfaces: {eth0: {addresses: [10.31.0.1/30]}}}
+  b: {interfaces: {eth0: {addresses: [10.31.0.2/30]}}}
+links: [[a:eth0, b:eth0]]
+checks:
+  - {ping: {from: a, to: 10.31.0.2}}
+  - {ping: {from: a, to: "b:eth0", expect: unreachable}}
+"""
+
+
+def test_try_applies_verifies_and_destroys_elsewhere(tmp_path, clean_world):
+    """`try` works in a world of its own: this world (the test's "machine") stays byte-identical,
+    its state directory gains nothing, and the exit code is verify's."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    files_before = sorted(os.listdir(state_dir))
+    # A namespace of the user's under a name the manifest needs: apply here would refuse (exit 2).
+    run("ip", "netns", "add", "quickstart-web", check=True)
+    user_ns = os.stat("/run/netns/quickstart-web").st_ino
+    res = cnetctl("try", str(MANIFESTS / "quickstart.yaml"), "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["verify"]["failed"] == 0 and out["verify"]["passed"] == 9, out["verify"]
+    assert out["plan"]["create"] == 19, out["plan"]
+    assert out["destroyed"]["delete"] > 0 and out["errors"] == []
+    assert netns_list() == ["quickstart-web"] and os.stat("/run/netns/quickstart-web").st_ino == user_ns
+    assert ip("quickstart-web", "link", "show")[0]["ifname"] == "lo"  # type: ignore[index]
+    assert len(ip("quickstart-web", "link", "show")) == 1  # type: ignore[arg-type]
+    run("ip", "netns", "del", "quickstart-web", check=True)
+    assert sorted(os.listdir(state_dir)) == files_before
+    # A check that fails: exit 1, the report says which, and still nothing is left here.
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(FAILING)
+    res = cnetctl("try", str(failing))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "2 passed, 1 failed" in res.stdout and "destroyed" in res.stdout, res.stdout
+    assert netns_list() == [] and sorted(os.listdir(state_dir)) == files_before
+    # Bad input: exit 2 before any world is made.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: cnetctl/v1\nname: Bad\nnodes: {}\n")
+    res = cnetctl("try", str(bad))
+    assert res.returncode == 2 and "bad.yaml:2: name" in res.stderr, res.stderr
+
+
+def test_destroy_all_finds_every_topology_by_state_file_and_by_label(tmp_path, clean_world):
+    """Two topologies, one of them without its state file (found by its labels alone), beside a
+    namespace of the user's: destroy --all removes both, says so, leaves the user's, and is idempotent."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    gen = cnetctl("generate", "bridge", "--pods", "1", "--name", "gall")
+    (tmp_path / "gall.yaml").write_text(gen.stdout)
+    (tmp_path / "failing.yaml").write_text(FAILING)
+    for path in ("gall.yaml", "failing.yaml"):
+        assert cnetctl("apply", str(tmp_path / path), "--no-verify").returncode == 0
+    os.unlink(os.path.join(state_dir, "failing.json"))
+    run("ip", "netns", "add", "failing-user", check=True)
+    res = cnetctl("destroy", "--all")
+    assert res.returncode == 0, res.stderr
+    assert "topology failing: destroyed (" in res.stdout and "topology gall: destroyed (" in res.stdout, res.stdout
+    assert "- netns gall-pod0" in res.stdout    # each operation, as a plain line (stdout is not a terminal)
+    assert netns_list() == ["failing-user"]
+    assert not [link for link in ip(None, "link", "show") if link.get("ifalias", "").startswith("cnetctl:")]  # type: ignore[union-attr]
+    assert not [f for f in os.listdir(state_dir) if f.endswith(".json")]
+    again = cnetctl("destroy", "--all", "-o", "json")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"topologies": []}, again.stdout
+    assert cnetctl("destroy", "--all", "--name", "gall").returncode == 2
+    run("ip", "netns", "del", "failing-user", check=True)
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """cnetctl with stdout on a pseudo-terminal (120 columns); what the terminal received, escapes removed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM", "COLUMNS")}
+    proc = subprocess.Popen([sys.executable, "-m", "cnetctl", *args], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=ROOT, env={**env, "TERM": "xterm"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:   # EIO: the other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    rc = proc.wait(timeout=120)
+    return rc, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "\n")
+
+
+def test_a_long_apply_shows_a_bar_on_a_terminal_and_lines_in_a_pipe(tmp_path, clean_world):
+    path = tmp_path / "gbar.yaml"
+    path.write_text(cnetctl("generate", "bridge", "--pods", "20", "--name", "gbar").stdout)
+    rc, screen = on_a_terminal("apply", str(path), "--no-verify")
+    assert rc == 0, screen
+    assert "topology gbar: applying 122 to create" in screen and "122/122" in screen and "━" in screen, screen
+    assert not [line for line in screen.splitlines() if line.startswith("+ ")], screen
+    piped = cnetctl("destroy", "--name", "gbar")
+    assert piped.returncode == 0 and "- netns gbar-pod0\n" in piped.stdout and "━" not in piped.stdout
+    assert netns_list() == []
