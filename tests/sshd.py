@@ -53,6 +53,11 @@ AllowAgentForwarding no
 PermitTunnel no
 PermitUserEnvironment no
 Subsystem sftp internal-sftp
+# The machines share this box's /root: bash sources ~/.bashrc for commands run by sshd, and a
+# developer's .bashrc (pyenv init, ...) would cost every remote command a third of a second and
+# put its own python first on PATH. A fresh machine has none of that; with SHLVL=1 the
+# command's bash counts itself nested and skips .bashrc.
+SetEnv SHLVL=1
 LogLevel INFO
 """
 
