@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -160,18 +160,27 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return found
 
 
+def task_results(output: str, task: str) -> dict[str, str]:
+    """{host: ok|changed|failed|skipping|fatal} as the default callback printed them for one task."""
+    section = output.split(f"TASK [cnetctl : {task}]", 1)[1].split("\nTASK [", 1)[0].split("\nPLAY", 1)[0]
+    return dict((host, status) for status, host in re.findall(r"^(\w+): \[([^\]\s]+)", section, re.M))
+
+
+def _ip(m: Machine, ns: str | None, *args: str) -> list[dict[str, Any]]:
+    return cast(list[dict[str, Any]], m.ip_json(*(["-n", ns] if ns else []), *args))
+
+
 def _links(m: Machine, ns: str | None) -> set[str]:
-    return {link["ifname"] for link in m.ip_json(*(["-n", ns] if ns else []), "link")}  # type: ignore[union-attr]
+    return {link["ifname"] for link in _ip(m, ns, "link")}
 
 
 def _addresses(m: Machine, ns: str | None) -> set[tuple[str, str]]:
     return {(link["ifname"], f"{a['local']}/{a['prefixlen']}")
-            for link in m.ip_json(*(["-n", ns] if ns else []), "addr")  # type: ignore[union-attr]
-            for a in link.get("addr_info", [])}
+            for link in _ip(m, ns, "addr") for a in link.get("addr_info", [])}
 
 
 def _netns(m: Machine) -> set[str]:
-    return {e["name"] for e in m.ip_json("netns", "list")}  # type: ignore[union-attr]
+    return {e["name"] for e in _ip(m, None, "netns", "list")}
 
 
 def created(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,6 +240,7 @@ def _scenario(directory: Path) -> None:
         rc, out, report = play.run("deploy.yml", MANIFEST)
         assert rc == 0, out
         assert set(report) == set(ms), out
+        assert task_results(out, "Apply this host's slice") == {name: "changed" for name in ms}, out
         for name, m in ms.items():
             assert recap(out)[name]["failed"] == 0, out
             assert report[name]["verify"]["failed"] == 0, report[name]["verify"]
@@ -241,7 +251,7 @@ def _scenario(directory: Path) -> None:
 
         rc, out, report = play.run("deploy.yml", MANIFEST)
         assert rc == 0, out
-        assert re.search(r"TASK \[cnetctl : Apply this host's slice\][^\n]*\n(ok: \[\S+\]\n)+\n", out), out
+        assert task_results(out, "Apply this host's slice") == {name: "ok" for name in ms}, out
         for name in ms:
             assert recap(out)[name]["changed"] == 0, out          # install, copy and apply alike
             assert report[name]["apply"]["plan"]["changes"] == 0, report[name]["apply"]
@@ -255,6 +265,7 @@ def _scenario(directory: Path) -> None:
         for name in ms:
             assert recap(out)[name]["failed"] == (name in failed), out
             assert report[name]["apply"]["plan"]["changes"] == 0
+        assert task_results(out, "Every check passed") == {n: "fatal" if n in failed else "ok" for n in ms}, out
         for name in failed:
             assert re.search(rf"\S+ on {name}: 1 of \d+ checks failed\n\s*{re.escape(line)}", out), out
 
