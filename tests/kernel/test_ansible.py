@@ -144,7 +144,9 @@ class Playbooks:
         """(exit status, output, the run's report {host: {apply, verify}})."""
         report = self.reports / "cnetctl-report.json"
         report.unlink(missing_ok=True)
-        argv = ["ansible-playbook", str(PLAYBOOKS / playbook), "-e", f"cnetctl_manifest={manifest}", *args]
+        # A manifest in the checkout is named as a user would, relative to where they run from.
+        path = manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest
+        argv = ["ansible-playbook", str(PLAYBOOKS / playbook), "-e", f"cnetctl_manifest={path}", *args]
         for inventory in self.inventories:
             argv += ["-i", str(inventory)]
         out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
