@@ -112,7 +112,7 @@ def _dependencies(directory: Path) -> Path:
     return site
 
 
-def _test_vars(ms: dict[str, Machine], access: SshAccess, wheel: Path, site: Path, reports: Path) -> dict[str, Any]:
+def _test_vars(ms: dict[str, Machine], access: SshAccess, wheel: Path, site: Path, report: Path) -> dict[str, Any]:
     """What this test adds to the user's inventory: how to reach the machines, and how to install
     offline (the venv from the interpreter the dependencies were built for)."""
     return {"cnetctl": {
@@ -126,12 +126,12 @@ def _test_vars(ms: dict[str, Machine], access: SshAccess, wheel: Path, site: Pat
             "cnetctl_environment": {"PYTHONPATH": str(site)},
             "cnetctl_src": [str(wheel)],
             "cnetctl_pip_args": ["--no-index"],
-            "cnetctl_report_dir": str(reports)}}}
+            "cnetctl_report": str(report)}}}
 
 
 class Playbooks:
-    def __init__(self, inventories: list[Path], access: SshAccess, directory: Path, reports: Path) -> None:
-        self.inventories, self.reports = inventories, reports
+    def __init__(self, inventories: list[Path], access: SshAccess, directory: Path, report: Path) -> None:
+        self.inventories, self.report = inventories, report
         ssh = access.ssh_options() + ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s"]
         self.env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
                     "ANSIBLE_HOME": str(directory / "ansible-home"),
@@ -142,8 +142,7 @@ class Playbooks:
 
     def run(self, playbook: str, manifest: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
         """(exit status, output, the run's report {host: {apply, verify}})."""
-        report = self.reports / "cnetctl-report.json"
-        report.unlink(missing_ok=True)
+        self.report.unlink(missing_ok=True)
         # A manifest in the checkout is named as a user would, relative to where they run from.
         path = manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest
         argv = ["ansible-playbook", str(PLAYBOOKS / playbook), "-e", f"cnetctl_manifest={path}", *args]
@@ -151,7 +150,7 @@ class Playbooks:
             argv += ["-i", str(inventory)]
         out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
         text = out.stdout + out.stderr
-        return out.returncode, text, json.loads(report.read_text()) if report.exists() else {}
+        return out.returncode, text, json.loads(self.report.read_text()) if self.report.exists() else {}
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -233,11 +232,11 @@ def test_ansible_deploys_verifies_and_destroys_on_every_machine() -> None:
 def _scenario(directory: Path) -> None:
     inventory, hosts = _inventory(MANIFEST, directory)
     wheel, site = _cnetctl_wheel(directory), _dependencies(directory)
-    reports = directory / "reports"
+    report_file = directory / "cnetctl-report.json"
     with machines(list(hosts.items())) as ms, controller_on_underlay(), ssh_servers(list(ms.values())) as access:
         extra = directory / "test-vars.yml"
-        extra.write_text(yaml.safe_dump(_test_vars(ms, access, wheel, site, reports)))
-        play = Playbooks([inventory, extra], access, directory, reports)
+        extra.write_text(yaml.safe_dump(_test_vars(ms, access, wheel, site, report_file)))
+        play = Playbooks([inventory, extra], access, directory, report_file)
 
         rc, out, report = play.run("deploy.yml", MANIFEST)
         assert rc == 0, out
