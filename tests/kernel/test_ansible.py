@@ -132,12 +132,13 @@ def _test_vars(ms: dict[str, Machine], access: SshAccess, wheel: Path, site: Pat
 class Playbooks:
     def __init__(self, inventories: list[Path], access: SshAccess, directory: Path, report: Path) -> None:
         self.inventories, self.report = inventories, report
-        ssh = access.ssh_options() + ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s"]
+        # One master connection per machine for all the runs, at a path of ours, so close() finds it.
+        self.ssh = access.ssh_options() + ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+                                           "-o", f"ControlPath={directory}/cp-%C"]
         self.env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
                     "ANSIBLE_HOME": str(directory / "ansible-home"),
                     "ANSIBLE_LOCAL_TEMP": str(directory / "ansible-tmp"),
-                    "ANSIBLE_SSH_CONTROL_PATH_DIR": str(directory / "cp"),
-                    "ANSIBLE_SSH_ARGS": " ".join(ssh), "ANSIBLE_HOST_KEY_CHECKING": "True",
+                    "ANSIBLE_SSH_ARGS": " ".join(self.ssh), "ANSIBLE_HOST_KEY_CHECKING": "True",
                     "ANSIBLE_STDOUT_CALLBACK": "default", "ANSIBLE_NOCOLOR": "1"}
 
     def run(self, playbook: str, manifest: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
@@ -151,6 +152,12 @@ class Playbooks:
         out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
         text = out.stdout + out.stderr
         return out.returncode, text, json.loads(self.report.read_text()) if self.report.exists() else {}
+
+
+    def close(self, addresses: list[str]) -> None:
+        """End the master connections (ControlPersist) before their sshd goes."""
+        for address in addresses:
+            subprocess.run(["ssh", *self.ssh, "-O", "exit", f"root@{address}"], capture_output=True, timeout=30)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -237,41 +244,47 @@ def _scenario(directory: Path) -> None:
         extra = directory / "test-vars.yml"
         extra.write_text(yaml.safe_dump(_test_vars(ms, access, wheel, site, report_file)))
         play = Playbooks([inventory, extra], access, directory, report_file)
+        try:
+            _runs(play, ms, directory, site)
+        finally:
+            play.close([m.address for m in ms.values()])
 
-        rc, out, report = play.run("deploy.yml", MANIFEST)
-        assert rc == 0, out
-        assert set(report) == set(ms), out
-        assert task_results(out, "Apply this host's slice") == {name: "changed" for name in ms}, out
-        for name, m in ms.items():
-            assert recap(out)[name]["failed"] == 0, out
-            assert report[name]["verify"]["failed"] == 0, report[name]["verify"]
-            assert report[name]["apply"]["plan"]["changes"] > 0, report[name]["apply"]
-            assert_live(m, created(report[name]))
-            assert m.run("/opt/cnetctl/venv/bin/cnetctl", "--version", env={"PYTHONPATH": str(site)}).returncode == 0
-        first = {name: created(report[name]) for name in ms}
 
-        rc, out, report = play.run("deploy.yml", MANIFEST)
-        assert rc == 0, out
-        assert task_results(out, "Apply this host's slice") == {name: "ok" for name in ms}, out
-        for name in ms:
-            assert recap(out)[name]["changed"] == 0, out          # install, copy and apply alike
-            assert report[name]["apply"]["plan"]["changes"] == 0, report[name]["apply"]
+def _runs(play: Playbooks, ms: dict[str, Machine], directory: Path, site: Path) -> None:
+    rc, out, report = play.run("deploy.yml", MANIFEST)
+    assert rc == 0, out
+    assert set(report) == set(ms), out
+    assert task_results(out, "Apply this host's slice") == {name: "changed" for name in ms}, out
+    for name, m in ms.items():
+        assert recap(out)[name]["failed"] == 0, out
+        assert report[name]["verify"]["failed"] == 0, report[name]["verify"]
+        assert report[name]["apply"]["plan"]["changes"] > 0, report[name]["apply"]
+        assert_live(m, created(report[name]))
+        assert m.run("/opt/cnetctl/venv/bin/cnetctl", "--version", env={"PYTHONPATH": str(site)}).returncode == 0
+    first = {name: created(report[name]) for name in ms}
 
-        failing, check = failing_variant(MANIFEST, directory)
-        rc, out, report = play.run("deploy.yml", failing, "--tags", "apply,verify")
-        assert rc == 2, out                                      # ansible-playbook: a host failed
-        failed = {name for name in ms if report[name]["verify"]["failed"]}
-        assert failed, report                                    # the check runs on some machine
-        line = f"- ping from={check['from']} to={check['to']} expect={check['expect']}: "
-        for name in ms:
-            assert recap(out)[name]["failed"] == (name in failed), out
-            assert report[name]["apply"]["plan"]["changes"] == 0
-        assert task_results(out, "Every check passed") == {n: "fatal" if n in failed else "ok" for n in ms}, out
-        for name in failed:
-            assert re.search(rf"\S+ on {name}: 1 of \d+ checks failed\n\s*{re.escape(line)}", out), out
+    rc, out, report = play.run("deploy.yml", MANIFEST)
+    assert rc == 0, out
+    assert task_results(out, "Apply this host's slice") == {name: "ok" for name in ms}, out
+    for name in ms:
+        assert recap(out)[name]["changed"] == 0, out          # install, copy and apply alike
+        assert report[name]["apply"]["plan"]["changes"] == 0, report[name]["apply"]
 
-        rc, out, _ = play.run("destroy.yml", MANIFEST)
-        assert rc == 0, out
-        for name, m in ms.items():
-            assert recap(out)[name]["changed"] == 1, out
-            assert_gone(m, first[name])
+    failing, check = failing_variant(MANIFEST, directory)
+    rc, out, report = play.run("deploy.yml", failing, "--tags", "apply,verify")
+    assert rc == 2, out                                      # ansible-playbook: a host failed
+    failed = {name for name in ms if report[name]["verify"]["failed"]}
+    assert failed, report                                    # the check runs on some machine
+    line = f"- ping from={check['from']} to={check['to']} expect={check['expect']}: "
+    for name in ms:
+        assert recap(out)[name]["failed"] == (name in failed), out
+        assert report[name]["apply"]["plan"]["changes"] == 0
+    assert task_results(out, "Every check passed") == {n: "fatal" if n in failed else "ok" for n in ms}, out
+    for name in failed:
+        assert re.search(rf"\S+ on {name}: 1 of \d+ checks failed\n\s*{re.escape(line)}", out), out
+
+    rc, out, _ = play.run("destroy.yml", MANIFEST)
+    assert rc == 0, out
+    for name, m in ms.items():
+        assert recap(out)[name]["changed"] == 1, out
+        assert_gone(m, first[name])
