@@ -125,7 +125,7 @@ def _test_vars(ms: dict[str, Machine], access: SshAccess, wheel: Path, site: Pat
             "cnetctl_venv_args": ["--without-pip"],
             "cnetctl_environment": {"PYTHONPATH": str(site)},
             "cnetctl_src": [str(wheel)],
-            "cnetctl_pip_args": ["--no-index"],
+            "cnetctl_pip_args": "--no-index",        # a string, as -e cnetctl_pip_args=… gives it
             "cnetctl_report": str(report)}}}
 
 
