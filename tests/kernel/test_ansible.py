@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import pytest
 import yaml
+from ruamel.yaml import YAML
 
 from tests.conftest import ROOT
 from tests.kernel.conftest import MANIFESTS, cnetctl
@@ -219,13 +220,19 @@ def assert_gone(m: Machine, resources: list[dict[str, Any]]) -> None:
 
 def failing_variant(manifest: Path, directory: Path) -> tuple[Path, dict[str, Any]]:
     """The manifest with its first ping check expecting the opposite: same topology, one check
-    that must fail wherever it runs."""
-    doc = yaml.safe_load(manifest.read_text())
+    that must fail wherever it runs. Round-tripped as YAML 1.2, as cnetctl reads it (YAML 1.1
+    would turn an `on:` key into True)."""
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.width = 4096
+    doc = rt.load(manifest.read_text())
     check = next(c["ping"] for c in doc["checks"] if "ping" in c)
     check["expect"] = "reachable" if check.get("expect") == "unreachable" else "unreachable"
     path = directory / f"failing-{manifest.name}"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path, check
+    with path.open("w") as f:
+        rt.dump(doc, f)
+    return path, dict(check)
 
 
 def test_ansible_deploys_verifies_and_destroys_on_every_machine() -> None:
@@ -272,7 +279,7 @@ def _runs(play: Playbooks, ms: dict[str, Machine], directory: Path, site: Path) 
 
     failing, check = failing_variant(MANIFEST, directory)
     rc, out, report = play.run("deploy.yml", failing, "--tags", "apply,verify")
-    assert rc == 2, out                                      # ansible-playbook: a host failed
+    assert rc == 2 and set(report) == set(ms), out           # ansible-playbook: a host failed
     failed = {name for name in ms if report[name]["verify"]["failed"]}
     assert failed, report                                    # the check runs on some machine
     line = f"- ping from={check['from']} to={check['to']} expect={check['expect']}: "
