@@ -8,19 +8,40 @@ PY      := $(VENV)/bin/python
 CNETCTL := $(VENV)/bin/cnetctl
 MANIFEST ?= manifests/quickstart.yaml
 APT_PACKAGES := iproute2 iputils-ping iptables nftables libnftables1 python3-venv util-linux
+# Only for `make test` (tests/kernel/test_ansible.py): ansible-playbook, and an sshd that the test
+# starts itself inside simulated machines. The distribution's own sshd service must never run.
+TEST_APT_PACKAGES := openssh-server ansible-core
 
 # Two stamps: the demo needs the runtime only; `make test` adds the test extras
 # (pytest, hypothesis, ruff, mypy) on top of the same venv.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP    := $(VENV)/.installed-test
 
-.PHONY: demo test deps venv test-venv unit lint clean destroy-demo
+.PHONY: demo test deps test-deps venv test-venv unit lint clean destroy-demo
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Installing openssh-server would start (and, under systemd, enable) the system's sshd. When
+# this target is what installs it: policy-rc.d (exit 101) forbids starting any service during
+# the install, and /etc/ssh/sshd_not_to_be_run, which Debian's init script and ssh.service
+# both honour, keeps it from ever starting later. No recommends: ansible-core's pulls in the
+# whole `ansible` collections package.
+test-deps: deps
+	@missing=""; for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  case " $$missing " in *" openssh-server "*) mkdir -p /etc/ssh && touch /etc/ssh/sshd_not_to_be_run;; esac; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1; fi; \
+	  rc=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	          $$missing >/dev/null; } || rc=$$?; \
+	  if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  exit $$rc; \
 	fi
 
 $(PY):
@@ -63,7 +84,7 @@ destroy-demo: venv
 # (tests/conftest.py starts every pytest-xdist worker through tests/world.sh).
 TEST_JOBS ?= 3
 
-test: deps test-venv
+test: test-deps test-venv
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 unit: test-venv
