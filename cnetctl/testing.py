@@ -62,7 +62,10 @@ def world_for(config: pytest.Config) -> Iterator[World]:
     try:
         world = World()
     except WorldError as err:
-        pytest.fail(str(err), pytrace=False)
+        problem = str(err)
+        world = None
+    if world is None:
+        pytest.fail(problem or "", pytrace=False)
     problems: list[str] = []
     try:
         yield world
@@ -97,7 +100,8 @@ def apply_manifest(world: World, request: pytest.FixtureRequest, manifest: Manif
     try:
         return Lab.apply(world, _resolve(request, manifest), verify=verify)
     except LabError as err:
-        pytest.fail(str(err), pytrace=False)
+        problem = str(err)
+    pytest.fail(problem, pytrace=False)   # outside the except: no "during handling of …" chain
 
 
 @pytest.fixture
