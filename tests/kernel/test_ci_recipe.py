@@ -43,10 +43,10 @@ def run_workflow(tmp_path: Path, manifest: Path) -> list[tuple[str, int | None]]
 
 
 def test_the_recipe_applies_verifies_reports_and_destroys(tmp_path, clean_world):
-    steps = run_workflow(tmp_path, ROOT / "manifests" / "quickstart.yaml")
+    steps = run_workflow(tmp_path, ROOT / "manifests" / "two-netns-veth.yaml")
     assert steps == [("Validate", 0), ("Apply", 0), ("Verify", 0), ("Show the failed checks", None), ("Destroy", 0)]
     report = json.loads((tmp_path / "cnetctl-report.json").read_text())
-    assert report["topology"] == "quickstart" and report["failed"] == 0 and report["passed"] > 5
+    assert report["topology"] == "two-netns-veth" and report["failed"] == 0 and report["passed"] > 5
 
 
 def test_a_failed_check_fails_the_job_keeps_the_report_and_still_destroys(tmp_path, clean_world):
