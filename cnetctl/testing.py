@@ -28,12 +28,22 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .kernel.world import Lab, World
+    from .kernel.world import Lab, LabError, World, WorldError
 
 MARKER = "cnetctl_manifest"
 Manifest = str | Path | Mapping[str, Any]
 
-__all__ = ["MARKER", "lab_fixture", "world_for", "apply_manifest"]
+__all__ = ["MARKER", "Lab", "LabError", "World", "WorldError", "apply_manifest", "lab_fixture", "world_for"]
+_LAZY = ("Lab", "LabError", "World", "WorldError")
+
+
+def __getattr__(name: str) -> Any:
+    """`from cnetctl.testing import Lab, World`, imported when asked for: the plugin itself loads in
+    every pytest session of a venv with cnetctl, and the kernel modules take a while to import."""
+    if name in _LAZY:
+        from .kernel import world
+        return getattr(world, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

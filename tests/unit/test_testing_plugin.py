@@ -47,3 +47,12 @@ def test_installed_and_named_again_it_loads_once(tmp_path):
     fixtures = subprocess.run([sys.executable, "-m", "pytest", "-q", "--fixtures", "-p", "no:cacheprovider"],
                               cwd=bare, env=env, capture_output=True, text=True, timeout=120)
     assert all(f in fixtures.stdout for f in ("cnetctl_world", "cnetctl_lab")), fixtures.stdout
+
+
+def test_loading_the_plugin_imports_no_kernel_module():
+    """It loads in every pytest session of a venv with cnetctl: the world's code comes when a test asks."""
+    probe = ("import sys, cnetctl.testing; assert not any(m.startswith('cnetctl.kernel') for m in sys.modules); "
+             "from cnetctl.testing import Lab, World\n"
+             "assert Lab.__module__ == World.__module__ == 'cnetctl.kernel.world'")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
