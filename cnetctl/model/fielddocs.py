@@ -18,7 +18,9 @@ from pydantic.fields import FieldInfo
 from . import topology as t
 
 SCHEMA_ID = "urn:cnetctl:schema:manifest:v1"
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Draft 7, not pydantic's 2020-12: the YAML language server behind editors' completion and
+# checking implements draft 7 (a 2020-12 `prefixItems` is an error to it).
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_FILE = "docs/cnetctl.schema.json"
 
 
@@ -273,7 +275,7 @@ def problems() -> list[str]:
 def json_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (from the models), with `$id` and every description from the table."""
     schema = t.Topology.model_json_schema(by_alias=True)
-    defs = schema.get("$defs", {})
+    defs = schema.get("$defs", {})   # made draft 7's `definitions` at the end
     for doc in MODELS:
         target = schema if doc.model is t.Topology else defs.get(doc.model.__name__)
         if target is None:
@@ -291,7 +293,26 @@ def json_schema() -> dict[str, Any]:
             item["properties"][spec.kind]["description"] = about.get(spec, "")
     head = {"$schema": SCHEMA_DIALECT, "$id": SCHEMA_ID, "title": "cnetctl manifest (apiVersion cnetctl/v1)"}
     schema.pop("title", None)
-    return {**head, **schema}
+    draft7: dict[str, Any] = _as_draft7({**head, **schema})
+    return draft7
+
+
+def _as_draft7(node: Any) -> Any:
+    """The 2020-12 words pydantic writes, in draft 7's: `$defs` -> `definitions` (and the `$ref`s to
+    them), `prefixItems` -> an `items` list with no further items."""
+    if isinstance(node, list):
+        return [_as_draft7(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str):
+            value = value.replace("#/$defs/", "#/definitions/")
+        out["definitions" if key == "$defs" else key] = _as_draft7(value)
+    if "prefixItems" in out:
+        out["items"] = out.pop("prefixItems")
+        out["additionalItems"] = False
+    return out
 
 
 # --- docs/manifest.md --------------------------------------------------------------------------------

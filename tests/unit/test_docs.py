@@ -75,8 +75,8 @@ def test_the_shipped_schema_is_what_the_code_generates():
 
 def test_the_schema_has_an_id_and_a_description_on_every_field():
     schema = json.loads(SCHEMA.read_text())
-    assert schema["$id"] == fielddocs.SCHEMA_ID and schema["$schema"].endswith("/2020-12/schema")
-    objects = {"(root)": schema, **schema["$defs"]}
+    assert schema["$id"] == fielddocs.SCHEMA_ID and schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    objects = {"(root)": schema, **schema["definitions"]}
     for name, obj in objects.items():
         assert obj.get("description"), name
         for prop, sub in obj.get("properties", {}).items():
@@ -94,8 +94,8 @@ def _system_jsonschema() -> str:
 _VALIDATE = """
 import json, sys, yaml, jsonschema
 schema = json.load(open(sys.argv[1]))
-jsonschema.Draft202012Validator.check_schema(schema)
-v = jsonschema.Draft202012Validator(schema)
+jsonschema.Draft7Validator.check_schema(schema)
+v = jsonschema.Draft7Validator(schema)
 out = {}
 for path in sys.argv[2:]:
     out[path] = [e.message for e in v.iter_errors(yaml.safe_load(open(path)))]
@@ -112,6 +112,16 @@ def test_a_standard_validator_accepts_the_examples_and_refuses_a_typo(tmp_path):
     errors = json.loads(res.stdout)
     assert {p: e for p, e in errors.items() if p != str(typo) and e} == {}
     assert any("'routez' was unexpected" in e for e in errors[str(typo)]), errors[str(typo)]
+
+
+def test_the_schema_speaks_draft_7_only():
+    """Editors' YAML language server implements draft 7: nothing of 2019-09/2020-12 may be left."""
+    text = SCHEMA.read_text()
+    later = ("$defs", "prefixItems", "unevaluated", "dependentSchemas", "dependentRequired", "$anchor",
+             "$dynamicRef", "minContains", "maxContains")
+    assert [word for word in later if f'"{word}' in text] == []
+    links = json.loads(text)["properties"]["links"]["items"]
+    assert links["items"] == [{"type": "string"}, {"type": "string"}] and links["additionalItems"] is False
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.stem)
