@@ -152,9 +152,9 @@ def _declared_name(file: str, err: TopologyError) -> str | None:
 
 @command()
 def schema() -> None:
-    """Print the JSON Schema of the manifest."""
-    from .model.topology import Topology
-    print_json(Topology.model_json_schema(by_alias=True))
+    """Print the JSON Schema of the manifest (with field descriptions; docs/cnetctl.schema.json is this)."""
+    from .model.fielddocs import json_schema
+    print_json(json_schema())
 
 
 @command()

@@ -21,6 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = ROOT / "tests" / "world.sh"
 
+# The plugin cnetctl ships for users' tests (a world per test or module); some kernel tests use it.
+pytest_plugins = ("cnetctl.testing",)
+
 
 def isolated() -> bool:
     """True inside the network namespace tests/world.sh made (not the one it started in)."""

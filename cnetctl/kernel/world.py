@@ -1,0 +1,294 @@
+"""A throw-away world: new network, mount and PID namespaces with a private /run/netns, sysfs and
+xtables lock, and a state dir of its own, held open by one process.
+
+Commands run inside it through nsenter. Closing it (or the death of the process that started it)
+ends the world's PID 1, and the kernel then kills every process in it; with the last of them go
+every namespace, interface, route, rule, NAT table and sysctl made there. Nothing done inside
+reaches the machine's own network. cnetctl.testing (the pytest plugin) is built on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+Completed = subprocess.CompletedProcess
+
+# PID 1 of the world. Its stdin is a pipe from the process that started it: when that closes
+# (close(), or that process dies however it dies) PID 1 exits and takes the world with it.
+_HOLDER = r"""
+set -e
+mount --make-rprivate /
+mkdir -p /run/netns
+mount -t tmpfs -o mode=755 tmpfs /run/netns
+mount -t sysfs sysfs /sys 2>/dev/null || true
+if [ -e /run/xtables.lock ]; then mount --bind "$1" /run/xtables.lock; fi
+ip link set lo up
+echo ready
+read -r _ || true
+"""
+TOOLS = ("unshare", "nsenter", "ip")
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+
+
+class WorldError(Exception):
+    """The world cannot be made here (not root, a tool missing, namespaces refused)."""
+
+
+def _child_of(pid: int) -> int | None:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return int(kids[0]) if kids else None
+    except OSError:   # a kernel without CONFIG_PROC_CHILDREN
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    return int(stat.parent.name)
+            except (OSError, ValueError, IndexError):
+                continue
+    return None
+
+
+def why_not() -> str | None:
+    """Why a world cannot be made in this process, or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            caps = int(next(line.split()[1] for line in fh if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        caps = 0 if os.geteuid() else ~0
+    if not caps >> CAP_SYS_ADMIN & 1 or not caps >> CAP_NET_ADMIN & 1:
+        return "a throw-away world needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN, for unshare); run the tests " \
+               "with sudo"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"a throw-away world needs {', '.join(missing)} (util-linux, iproute2)"
+    return None
+
+
+class World:
+    """One throw-away world. `run`, `popen` and `cnetctl` work inside it; `close` ends it."""
+
+    def __init__(self) -> None:
+        problem = why_not()
+        if problem:
+            raise WorldError(problem)
+        self.tmp = tempfile.mkdtemp(prefix="cnetctl-world-")
+        self.state_dir = os.path.join(self.tmp, "state")
+        os.mkdir(self.state_dir, 0o700)
+        lock = os.path.join(self.tmp, "xtables.lock")
+        Path(lock).touch()
+        self._children: list[subprocess.Popen[str]] = []
+        self.holder = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+             "sh", "-c", _HOLDER, "world", lock],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != "ready":
+            err = self.holder.communicate(timeout=10)[1] if self.holder.poll() is not None else ""
+            self.close()
+            raise WorldError(f"the throw-away world did not start: {err.strip() or 'no reason given'}")
+        pid = _child_of(self.holder.pid)
+        if pid is None:
+            self.close()
+            raise WorldError("the throw-away world started, but its first process cannot be found")
+        self.pid = pid
+        self.netns_id = os.stat(f"/proc/{pid}/ns/net").st_ino   # the world's identity, for tests
+        ns = os.stat(f"/proc/{pid}/ns/pid")
+        self._pidns = (ns.st_dev, ns.st_ino)
+        self.topologies: list[str] = []     # applied through Lab.apply: destroy_all's list
+
+    # --- inside ---------------------------------------------------------------------------------
+    def argv(self, argv: list[str], netns: str | None = None, cwd: str | None = None) -> list[str]:
+        """argv as run inside the world (and in its network namespace `netns`, when given)."""
+        inner = ["ip", "netns", "exec", netns, *argv] if netns else argv
+        return ["nsenter", "-t", str(self.pid), "-n", "-m", "-p", f"--wd={cwd or os.getcwd()}", "--", *inner]
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {**os.environ, "CNETCTL_STATE_DIR": self.state_dir, **(extra or {})}
+
+    def run(self, *argv: str, netns: str | None = None, env: Mapping[str, str] | None = None,
+            input: str | None = None, timeout: float = 120, check: bool = False,
+            cwd: str | None = None) -> Completed[str]:
+        """Run a command inside the world and wait for it (output captured, as text)."""
+        return subprocess.run(self.argv(list(argv), netns, cwd), env=self.env(env), input=input,
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def popen(self, *argv: str, netns: str | None = None, env: Mapping[str, str] | None = None,
+              cwd: str | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start a command inside the world (a server, say); it dies with the world at the latest."""
+        proc: subprocess.Popen[str] = subprocess.Popen(self.argv(list(argv), netns, cwd), env=self.env(env),
+                                                       text=True, **kwargs)
+        self._children.append(proc)
+        return proc
+
+    def cnetctl(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300,
+                cwd: str | None = None) -> Completed[str]:
+        """The cnetctl of this Python, inside the world, with the world's state dir."""
+        import sys
+        return self.run(sys.executable, "-m", "cnetctl", *args, env=env, timeout=timeout, cwd=cwd)
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
+        """A manifest given as data, as a file cnetctl can read (JSON is YAML)."""
+        fd, path = tempfile.mkstemp(prefix="manifest-", suffix=".yaml", dir=self.tmp)
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=1)
+        return Path(path)
+
+    # --- the end --------------------------------------------------------------------------------
+    def processes(self) -> list[int]:
+        """Every live process of the world but its PID 1, by its pid on the host."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.pid:
+                continue
+            try:
+                ns = os.stat(entry / "ns" / "pid")
+            except OSError:   # gone, or a zombie (which holds no namespace)
+                continue
+            if (ns.st_dev, ns.st_ino) == self._pidns:
+                found.append(int(entry.name))
+        return found
+
+    def stop_processes(self, grace: float = 2.0) -> None:
+        """SIGTERM to every process of the world, SIGKILL to what is left after `grace` seconds: a
+        process still in a node would keep its namespace (and the topology's veths) alive."""
+        deadline = time.monotonic() + grace
+        sig = signal.SIGTERM
+        while self.alive and (left := self.processes()):
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() >= deadline:
+                sig = signal.SIGKILL
+            time.sleep(0.02)
+
+    @property
+    def alive(self) -> bool:
+        return self.holder.poll() is None
+
+    def close(self) -> None:
+        """End the world and everything in it; idempotent."""
+        if self.holder.poll() is None:
+            assert self.holder.stdin is not None
+            self.holder.stdin.close()
+            try:
+                self.holder.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()   # --kill-child: PID 1 gets SIGKILL too
+                self.holder.wait()
+        for stream in (self.holder.stdout, self.holder.stderr, self.holder.stdin):
+            if stream is not None:
+                stream.close()
+        for proc in self._children:   # their processes died with the world: collect them
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LabError(Exception):
+    """A topology could not be applied (or its checks failed) in the world."""
+
+
+class Lab:
+    """A topology applied in a world: its nodes, and commands run in them."""
+
+    def __init__(self, world: World, name: str, manifest: Path, report: dict[str, Any] | None):
+        self.world = world
+        self.name = name
+        self.manifest = manifest
+        self.report = report          # apply's verify report (`verify -o json`), None with verify=False
+        from ..load import load_topology
+        from ..normalize import netns_name
+
+        topo = load_topology(str(manifest))[0]
+        self.nodes: dict[str, str | None] = {node: netns_name(name, node, spec) for node, spec in topo.nodes.items()}
+        self.nodes.setdefault("host", None)
+
+    @classmethod
+    def apply(cls, world: World, manifest: str | Path | Mapping[str, Any], *, verify: bool = True,
+              extra: tuple[str, ...] = ()) -> Lab:
+        """`cnetctl apply` the manifest in the world; LabError (with cnetctl's words) unless it applied
+        and, with verify, every check passed."""
+        path = world.write_manifest(manifest) if isinstance(manifest, Mapping) else Path(manifest).absolute()
+        res = world.cnetctl("apply", str(path), "-o", "json", *(() if verify else ("--no-verify",)), *extra)
+        if res.returncode not in (0, 1):
+            raise LabError(f"{path}: cnetctl apply exited {res.returncode}:\n{res.stderr.strip()}")
+        out = json.loads(res.stdout)
+        report = out.get("verify")
+        if out["topology"] not in world.topologies:
+            world.topologies.append(out["topology"])
+        if res.returncode == 1:
+            failed = [f"{c['kind']}: {c['detail']}" for c in report["checks"] if not c["ok"]]
+            raise LabError(f"{path}: applied, but {len(failed)} check(s) failed:\n  " + "\n  ".join(failed))
+        return cls(world, out["topology"], path, report)
+
+    def _json(self, *args: str) -> Any:
+        res = self.world.cnetctl(*args)
+        if res.returncode not in (0, 1):
+            raise LabError(f"cnetctl {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+        return json.loads(res.stdout)
+
+    def netns(self, node: str) -> str | None:
+        """The network namespace of `node` (None: host, the world's own)."""
+        if node not in self.nodes:
+            raise LabError(f"topology {self.name} has no node {node!r} (nodes: {', '.join(self.nodes)})")
+        return self.nodes[node]
+
+    def exec(self, node: str, *argv: str, **kwargs: Any) -> Completed[str]:
+        """Run a command in a node and wait for it (World.run's keywords: check, input, timeout, env)."""
+        return self.world.run(*argv, netns=self.netns(node), **kwargs)
+
+    def popen(self, node: str, *argv: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start a command in a node (a server); it is killed with the world at the latest."""
+        return self.world.popen(*argv, netns=self.netns(node), **kwargs)
+
+    def ping(self, node: str, to: str, count: int = 1, timeout: float = 1.0) -> bool:
+        """A real ping(8) from `node`: True when a reply came back."""
+        res = self.exec(node, "ping", "-c", str(count), "-W", f"{timeout:g}", "-n", "-q", to,
+                        timeout=timeout * count + 10)
+        return res.returncode == 0
+
+    def ip(self, node: str, *args: str) -> Any:
+        """`ip -j ARGS` in `node`, parsed."""
+        out = self.exec(node, "ip", "-j", *args, check=True).stdout
+        return json.loads(out) if out.strip() else []
+
+    def verify(self) -> dict[str, Any]:
+        """`cnetctl verify -o json` now: {"topology", "passed", "failed", "checks": […]}."""
+        report: dict[str, Any] = self._json("verify", str(self.manifest), "-o", "json")
+        return report
+
+    def destroy(self) -> Completed[str]:
+        return self.world.cnetctl("destroy", "--name", self.name)
+
+
+def destroy_all(world: World) -> list[str]:
+    """Stop the world's processes, then `cnetctl destroy` every topology Lab.apply applied in it;
+    what went wrong, in cnetctl's words."""
+    world.stop_processes()
+    problems = []
+    for name in world.topologies:
+        gone = world.cnetctl("destroy", "--name", name)
+        if gone.returncode != 0:
+            problems.append(f"cnetctl destroy --name {name} exited {gone.returncode}: {gone.stderr.strip()}")
+    world.topologies.clear()
+    return problems
