@@ -10,7 +10,7 @@ MANIFEST ?= manifests/quickstart.yaml
 APT_PACKAGES := iproute2 iputils-ping iptables nftables libnftables1 python3-venv util-linux
 # Only for `make test` (tests/kernel/test_ansible.py): ansible-playbook, and an sshd that the test
 # starts itself inside simulated machines. The distribution's own sshd service must never run.
-TEST_APT_PACKAGES := openssh-server ansible-core graphviz
+TEST_APT_PACKAGES := openssh-server ansible-core graphviz ruby vagrant python3-jsonschema
 
 # Two stamps: the demo needs the runtime only; `make test` adds the test extras
 # (pytest, hypothesis, ruff, mypy) on top of the same venv.
