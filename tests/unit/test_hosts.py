@@ -4,6 +4,8 @@ which host this is, the Ansible inventory, and how verify reports what runs else
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,15 @@ def test_a_report_counts_skipped_checks_apart_and_keeps_its_keys():
     assert list(data) == ["topology", "passed", "failed", "checks", "host", "skipped"] and data["skipped"] == 1
     assert data["checks"][2] == {"kind": "ping", "ok": None, "detail": "skipped (runs on node2)", "skipped": "node2"}
     assert list(VerifyReport("lab", checks[:2]).to_json()) == ["topology", "passed", "failed", "checks"]
+
+
+def test_the_inventory_command(tmp_path: Path):
+    """`cnetctl inventory FILE`, as Ansible's caller runs it: YAML on stdout; exit 2 for a
+    manifest on one machine."""
+    res = subprocess.run([sys.executable, "-m", "cnetctl", "inventory", "manifests/two-hosts.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["all"]["children"]["cnetctl"]["hosts"]["node2"]["cnetctl_host"] == "node2"
+    res = subprocess.run([sys.executable, "-m", "cnetctl", "inventory", "manifests/quickstart.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout) == (2, "") and "declares no hosts" in res.stderr
