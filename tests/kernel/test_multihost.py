@@ -58,7 +58,8 @@ def settle(m: Machine, pre: list[str], timeout: float = 5.0) -> None:
 def kernel_view(m: Machine) -> dict[str, Any]:
     """Everything a slice could touch on a machine, as its kernel shows it: root namespace and
     every named namespace (links with details, addresses, routes of every table, rules)."""
-    view: dict[str, Any] = {"netns": sorted(n["name"] for n in m.ip_json("netns", "list"))}  # type: ignore[union-attr]
+    view: dict[str, Any] = {"netns": sorted(n["name"] for n in m.ip_json("netns", "list")),  # type: ignore[union-attr]
+                            "ip_forward": m.run("cat", "/proc/sys/net/ipv4/ip_forward", check=True).stdout}
     for ns in [None, *view["netns"]]:
         pre = ["-n", ns] if ns else []
         settle(m, pre)
@@ -143,6 +144,7 @@ def test_a_topology_on_two_machines(clean_world) -> None:
         ok(m2.cnetctl("apply", MANIFEST, "--host", "node2", "--no-verify"))
         assert {n["name"] for n in m1.ip_json("netns", "list")} == {POD_A, R1}  # type: ignore[union-attr]
         assert {n["name"] for n in m2.ip_json("netns", "list")} == {POD_B, R2}  # type: ignore[union-attr]
+        assert kernel_view(m1)["ip_forward"] == "1\n" and pristine["node1"]["ip_forward"] == "0\n"
         assert_tunnels(m1, m2)
 
         # Real traffic: the routers' point-to-point link, both ways; pod to pod across the underlay,
