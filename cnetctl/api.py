@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
+from . import hosts as hostslib
 from .errors import CnetctlError, ConflictError, Interrupted, KernelError, NotPermitted, UsageError
 from .kernel import Kernel
 from .kernel import links as klinks
+from .kernel.addresses import dump_addresses
 from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
 from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
@@ -106,19 +108,66 @@ def nat_backend_for(topo: Topology, flag: str | None, last_applied: str | None) 
     return last_applied if last_applied in BACKENDS else None
 
 
-def _load(file: str, directory: str, flag: str | None) -> DesiredState:
+def _load(file: str, directory: str, flag: str | None, host: str | None = None) -> DesiredState:
     topo, src = load_topology(file)
     chosen = nat_backend_for(topo, flag, State.load(topo.name, directory).nat_backend)
-    return normalize(topo, src, resolve_nat_backend(topo, chosen))
+    return normalize(topo, src, resolve_nat_backend(topo, chosen), host=which_host(topo, host))
 
 
-def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None
+# --- topologies that span machines (hosts.py) -------------------------------------------------------
+
+def local_addresses() -> set[str]:
+    """The addresses configured in the namespace cnetctl runs in (this machine's)."""
+    with Sockets() as sockets:
+        return {cidr.split("/")[0] for _, cidr in dump_addresses(sockets.get(None))}
+
+
+def which_host(topo: Topology, host: str | None) -> str | None:
+    """The machine whose slice to work on: `host` (--host) checked against the manifest, else the
+    host whose address is configured here; None for a topology on one machine."""
+    hostslib.check_host(topo, host)
+    if host is not None or not topo.hosts:
+        return host
+    return hostslib.pick_host(topo, local_addresses())
+
+
+def _host_warnings(desired: DesiredState) -> list[str]:
+    """A slice applied where its host's address is not configured: its tunnels carry nothing."""
+    if desired.placement is None or not desired.placement.tunnels:
+        return []
+    address = desired.placement.address
+    if ipaddress.ip_address(address) in {ipaddress.ip_address(a) for a in local_addresses()}:
+        return []
+    return [f"host {desired.host}'s address {address} is not configured on this machine: the tunnels of "
+            f"topology {desired.name} send from it and will carry no traffic"]
+
+
+def _same_slice(st: State, host: str | None) -> None:
+    """One machine holds one slice of a topology: another host's would replace it."""
+    if host is not None and st.host is not None and st.host != host:
+        raise UsageError(f"topology {st.name} is applied here as host {st.host}'s slice, not {host}'s: run "
+                         f"cnetctl with --host {st.host}, or destroy it first")
+
+
+def inventory(file: str) -> str:
+    """The Ansible inventory (YAML) of a topology's hosts (hosts.inventory)."""
+    topo, src = load_topology(file)
+    if not topo.hosts:
+        raise UsageError(f"topology {topo.name} declares no hosts: (it lives on one machine); an inventory "
+                         "lists the machines of a topology that spans several")
+    normalize(topo, src)   # the whole manifest is valid
+    return hostslib.inventory(topo, file)
+
+
+def plan_file(file: str, directory: str | None = None, nat_backend: str | None = None, host: str | None = None
               ) -> tuple[DesiredState, Plan]:
-    desired = _load(file, state_dir(directory), nat_backend)
+    desired = _load(file, state_dir(directory), nat_backend, host)
     require_root()
     st = State.load(desired.name, state_dir(directory))
+    _same_slice(st, desired.host)
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
+        desired.warnings += _host_warnings(desired)
         _raise_conflicts(current, desired.name)
         return desired, plan(desired.resources, current.resources)
 
@@ -131,15 +180,18 @@ def _raise_conflicts(current: CurrentState, name: str) -> None:
 
 def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_timeout: float = 30.0,
           progress: Progress | None = None, on_plan: Callable[[str, Plan, list[str]], None] | None = None,
-          nat_backend: str | None = None, before_step: StepHook | None = None) -> ApplyResult:
+          nat_backend: str | None = None, before_step: StepHook | None = None, host: str | None = None
+          ) -> ApplyResult:
     directory = state_dir(directory)
-    desired = _load(file, directory, nat_backend)
+    desired = _load(file, directory, nat_backend, host)
     require_root()
     with TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
             Sockets() as sockets:
         st = State.load(desired.name, directory)
+        _same_slice(st, desired.host)
         previous = interrupted_run(journal_path(desired.name, directory))
         current = _observe(desired, desired.name, st, sockets)
+        desired.warnings += _host_warnings(desired)
         if previous:
             desired.warnings.append(f"the previous run on topology {desired.name} was interrupted at {previous}; "
                                     "converging from what is live")
@@ -151,7 +203,7 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         if not the_plan.empty:
             # Saved before the first change: a crash from here on leaves a file that
             # names the nodes (the labels name everything else).
-            st.nodes, st.manifest = dict(desired.nodes), os.path.abspath(file)
+            st.nodes, st.manifest, st.host = dict(desired.nodes), os.path.abspath(file), desired.host
             st.save()
             kernel = Kernel(desired.name, st, sockets)
             try:
@@ -162,11 +214,12 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
                     st.remove()
                 raise
         st.nodes, st.manifest, st.applied_at = dict(desired.nodes), os.path.abspath(file), time.time()
-        st.nat_backend = desired.nat_backend
+        st.nat_backend, st.host = desired.nat_backend, desired.host
         st.save()
         if verify:
             after = _observe(desired, desired.name, st, sockets)
-            result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets))
+            result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets),
+                                         desired.host)
         return result
 
 
@@ -174,30 +227,35 @@ def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
     return bool(observe(name, st, sockets).resources) or not st.empty
 
 
-def verify(file: str, directory: str | None = None, nat_backend: str | None = None) -> VerifyReport:
+def verify(file: str, directory: str | None = None, nat_backend: str | None = None, host: str | None = None
+           ) -> VerifyReport:
     topo, src = load_topology(file)
     st = State.load(topo.name, state_dir(directory))
     # NAT is checked in the backend the last apply used (it may have come from --nat-backend).
-    desired = normalize(topo, src, resolve_nat_backend(topo, nat_backend or st.nat_backend))
+    desired = normalize(topo, src, resolve_nat_backend(topo, nat_backend or st.nat_backend),
+                        host=which_host(topo, host))
     require_root()
+    _same_slice(st, desired.host)
     with Sockets() as sockets:
         current = _observe(desired, desired.name, st, sockets)
         if not st.exists and not current.resources:
             return VerifyReport(desired.name, [CheckResult(
                 "readback", False, f"topology {desired.name} is not applied (nothing of it is live): "
-                f"run `cnetctl apply {file}` first", {"applied": False})])
-        return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))
+                f"run `cnetctl apply {file}` first", {"applied": False})], desired.host)
+        return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets), desired.host)
 
 
 def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30.0,
             progress: Progress | None = None, on_plan: Callable[[Plan, list[str]], None] | None = None,
-            before_step: StepHook | None = None) -> Plan:
-    """Remove everything topology `name` owns, found by its labels and state file."""
+            before_step: StepHook | None = None, host: str | None = None) -> Plan:
+    """Remove everything topology `name` owns, found by its labels and state file. With hosts:,
+    that is this machine's slice (`host`, when given, must be the one applied here)."""
     require_root()
     directory = state_dir(directory)
     lock = TopologyLock(name, directory, lock_timeout)
     with lock, host_lock(directory, lock_timeout), Sockets() as sockets:
         st = State.load(name, directory)
+        _same_slice(st, host)
         current = observe(name, st, sockets)
         the_plan = plan([], current.resources, collapse_netns=True)
         if on_plan:
@@ -244,8 +302,11 @@ def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, tim
         delay = min(delay * 2, 0.2)
 
 
-def name_of(file: str) -> str:
-    return validate(file).name
+def name_of(file: str, host: str | None = None) -> str:
+    """The topology a manifest names (valid as a whole; `host`, when given, one of its hosts)."""
+    topo, src = load_topology(file)
+    hostslib.check_host(topo, host)
+    return normalize(topo, src, resolve_nat_backend(topo, None)).name
 
 
 @dataclass
@@ -256,6 +317,7 @@ class TopologyStatus:
     resources: list[Resource]
     applied_at: float | None = None
     manifest: str | None = None
+    host: str | None = None     # with hosts:, the machine whose slice is applied here
 
     def node_of(self, ns: str | None) -> str | None:
         """The node living in namespace `ns` (host: the namespace cnetctl runs in), None if unknown."""
@@ -278,7 +340,8 @@ class TopologyStatus:
             counts[r.KIND] = counts.get(r.KIND, 0) + 1
         return {"name": self.name, "state_file": self.state_file, "manifest": self.manifest,
                 "applied_at": self.applied_at, "nodes": self.nodes, "namespaces": namespaces,
-                "links": links, "counts": counts, "by_node": self._by_node(namespaces, links, addresses)}
+                "links": links, "counts": counts, "by_node": self._by_node(namespaces, links, addresses),
+                **({"host": self.host} if self.host else {})}
 
     def _by_node(self, namespaces: list[str], links: list[dict[str, Any]],
                  addresses: dict[tuple[str | None, str], list[str]]) -> list[dict[str, Any]]:
@@ -294,7 +357,7 @@ class TopologyStatus:
                            for (a_ns, ifname), cidrs in addresses.items()
                            if a_ns == ns and not any(link["ifname"] == ifname for link in interfaces)]
             routes = [_route_json(r) for r in self.resources if isinstance(r, Route) and r.ns == ns]
-            if ns is None and not interfaces and not routes and "host" not in self.nodes:
+            if ns is None and not interfaces and not routes and None not in self.nodes.values():
                 continue
             out.append({"node": self.node_of(ns), "netns": ns, "live": ns is None or ns in namespaces,
                         "interfaces": interfaces, "routes": routes})
@@ -307,7 +370,10 @@ def _route_json(r: Route) -> dict[str, Any]:
             "src": r.src, "table": r.table, "metric": r.metric, "type": r.type, "proto": RTPROT_CNETCTL}
 
 
-def status(name: str | None = None, directory: str | None = None) -> list[TopologyStatus]:
+def status(name: str | None = None, directory: str | None = None, host: str | None = None
+           ) -> list[TopologyStatus]:
+    """Every applied topology (or `name`), from the kernel; with `host`, only those applied here as
+    that host's slice."""
     require_root()
     directory = state_dir(directory)
     with Sockets() as sockets:
@@ -320,7 +386,13 @@ def status(name: str | None = None, directory: str | None = None) -> list[Topolo
         for n in sorted(names):
             st = State.load(n, directory)
             current = observe(n, st, sockets)
-            out.append(TopologyStatus(n, st.exists, st.nodes, current.resources, st.applied_at, st.manifest))
+            if host is not None and st.host != host:
+                if name is not None:
+                    raise UsageError(f"topology {n} is not applied here as host {host}'s slice"
+                                     + (f" (it is host {st.host}'s)" if st.host else ""))
+                continue
+            out.append(TopologyStatus(n, st.exists, st.nodes, current.resources, st.applied_at, st.manifest,
+                                      st.host))
         return out
 
 
@@ -371,9 +443,9 @@ def destroy_all(directory: str | None = None, *, lock_timeout: float = 30.0, pro
 
 def node_netns(name: str, node: str, directory: str | None = None) -> str | None:
     """The namespace of NODE in applied topology NAME (None for host)."""
-    if node == "host":
-        return None
     st = State.load(name, state_dir(directory))
+    if node == "host" or (st.exists and node in st.nodes and st.nodes[node] is None):
+        return None   # the machine's root namespace (with hosts:, the node named after the machine)
     ns = st.nodes.get(node, f"{name}-{node}") if st.exists else f"{name}-{node}"
     if ns is None:
         return None

@@ -95,6 +95,11 @@ LockOpt = Annotated[float, typer.Option("--lock-timeout", help="seconds to wait 
                                         "the same topology", min=0)]
 
 
+HostOpt = Annotated[str | None, typer.Option(
+    "--host", metavar="NAME", help="with hosts: in the manifest, the machine whose slice to work on (default: the "
+    "host whose address is configured here)", show_default=False)]
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"cnetctl {__version__}")
@@ -158,9 +163,10 @@ def schema() -> None:
 
 
 @command()
-def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
+def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None,
+         host: HostOpt = None) -> None:
     """Show what apply would create (+), change (~) and delete (-), touching nothing."""
-    desired, the_plan = api.plan_file(file, Opts.state_dir, _backend(nat_backend))
+    desired, the_plan = api.plan_file(file, Opts.state_dir, _backend(nat_backend), host)
     _warn(desired.warnings)
     if output is Output.json:
         print_json(plan_json(the_plan, desired.name))
@@ -171,7 +177,7 @@ def plan(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt
 @command()
 def apply(file: FileArg, output: OutputOpt = Output.text,
           no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the checks after applying")] = False,
-          lock_timeout: LockOpt = 30.0, nat_backend: BackendOpt = None) -> None:
+          lock_timeout: LockOpt = 30.0, nat_backend: BackendOpt = None, host: HostOpt = None) -> None:
     """Reconcile the kernel with the manifest, then run its checks.
 
     Creates what is missing, corrects what drifted, removes what the topology owns
@@ -195,7 +201,7 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
     with progress or contextlib.nullcontext():
         result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
                            progress=progress, on_plan=announce, nat_backend=_backend(nat_backend),
-                           before_step=hook_from_env())
+                           before_step=hook_from_env(), host=host)
     if output is Output.json:
         data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
                 "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
@@ -207,9 +213,10 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
 
 
 @command()
-def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
+def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None,
+           host: HostOpt = None) -> None:
     """Run the manifest's checks (real pings, kernel route lookups) and the read-back against what is live."""
-    report = api.verify(file, Opts.state_dir, _backend(nat_backend))
+    report = api.verify(file, Opts.state_dir, _backend(nat_backend), host)
     if output is Output.json:
         print_json(report.to_json())
     else:
@@ -222,7 +229,7 @@ def verify(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendO
 def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming the topology", show_default=False)]
             = None,
             name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
-            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0,
+            output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0, host: HostOpt = None,
             all_: Annotated[bool, typer.Option("--all", help="every topology cnetctl owns on this machine "
                                                "(found by state files and ownership labels)")] = False) -> None:
     """Remove everything a topology owns; idempotent, works without the file or the state file."""
@@ -235,7 +242,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
         raise UsageError("give either FILE, --name NAME or --all")
     if name is None:
         assert file is not None
-        name = api.name_of(file)
+        name = api.name_of(file, host)
     import re
 
     from .model.topology import TOPOLOGY_NAME_RE
@@ -253,7 +260,7 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
 
     with progress or contextlib.nullcontext():
         the_plan = api.destroy(name, Opts.state_dir, lock_timeout=lock_timeout, progress=progress,
-                               on_plan=announce, before_step=hook_from_env())
+                               on_plan=announce, before_step=hook_from_env(), host=host)
     if output is Output.json:
         print_json({"topology": name, "destroyed": plan_json(the_plan, name)})
     elif not the_plan.empty:
@@ -261,14 +268,24 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
 
 
 @command()
-def status(name: Annotated[str | None, typer.Argument(help="one topology (default: all)", show_default=False)]
-           = None, output: OutputOpt = Output.text) -> None:
+def status(name: Annotated[str | None, typer.Argument(help="one topology, by name or manifest (default: all)",
+                                                     show_default=False)]
+           = None, output: OutputOpt = Output.text, host: HostOpt = None) -> None:
     """List applied topologies and their namespaces and links, read from the kernel."""
-    items = api.status(name, Opts.state_dir)
+    if name is not None and ("/" in name or name.endswith((".yaml", ".yml"))):
+        name = api.name_of(name, host)   # a manifest: its topology
+    items = api.status(name, Opts.state_dir, host)
     if output is Output.json:
         print_json({"topologies": [i.to_json() for i in items]})
     else:
         print_status(items)
+
+
+@command()
+def inventory(file: FileArg) -> None:
+    """Print an Ansible inventory (YAML) of the manifest's hosts: group `cnetctl`, each host at its
+    address (ansible_host) with its name in `cnetctl_host`, for `cnetctl apply FILE --host {{ cnetctl_host }}`."""
+    sys.stdout.write(api.inventory(file))
 
 
 @command(name="exec", context_settings={"allow_interspersed_args": False})

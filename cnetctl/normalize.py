@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Problem, TopologyError
+from .errors import Problem, TopologyError, UsageError
+from .hosts import HOST, Slice, problems, slice_topology
 from .model.linkkinds import VethSpec
 from .model.linkkinds import VxlanSpec as Vxlan
 from .model.natspec import NatSpec, canonical_order
@@ -30,7 +31,6 @@ from .model.topology import SCOPES, TABLE_ALIASES, NatRule, Node, RouteSpec, Top
 from .model.topology import VxlanSpec as VxlanModel
 from .source import PathPart, Source
 
-HOST = "host"
 DEFAULT_RULE_PRIORITY = 32000
 RT_SCOPE_LINK = 253
 DEFAULT_MTU = 1500
@@ -52,6 +52,31 @@ class DesiredState:
     nat_backend: str = "auto"
     warnings: list[str] = field(default_factory=list)
     _by_node: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
+    # With hosts: one machine's slice of the topology, and what it knows of the other machines.
+    placement: Slice | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The machine this is the slice for (None: a topology on one machine)."""
+        return self.placement.host if self.placement else None
+
+    def here(self, node: str) -> bool:
+        return node in self.nodes
+
+    def every_node(self) -> list[str]:
+        """Every node of the topology, on whichever machine, but the machines' own root namespaces."""
+        if self.placement is None:
+            return [n for n in self.topology.nodes if n != HOST]
+        whole = self.placement.whole
+        return [n for n in whole.nodes if n not in whole.hosts]
+
+    def interface_addresses(self, node: str, ifname: str) -> list[str] | None:
+        """The CIDRs of NODE:IFNAME, on this machine or (as declared) on another."""
+        if node in self.topology.nodes:
+            return self.addresses.get((node, ifname))
+        if self.placement is not None and self.placement.elsewhere(node):
+            return self.placement.remote_addresses.get((node, ifname))
+        return None
 
     def subnets(self) -> tuple[str, ...]:
         """Every network the topology's addresses live in (for forward-accept rules)."""
@@ -70,6 +95,8 @@ class DesiredState:
             self._by_node = {}
             for (n, _), cidrs in self.addresses.items():
                 self._by_node.setdefault(n, []).extend(cidrs)
+            for (n, _), cidrs in (self.placement.remote_addresses.items() if self.placement else ()):
+                self._by_node.setdefault(n, []).extend(cidrs)
         return list(self._by_node.get(node, []))
 
 
@@ -87,8 +114,9 @@ def generated_ifname(topology: str, node: str, what: str) -> str:
     return "cn" + digest[:10]
 
 
-def netns_name(topology: str, node: str, spec: Node) -> str | None:
-    if node == HOST:
+def netns_name(topology: str, node: str, spec: Node, root: str = HOST) -> str | None:
+    """None for the machine's root namespace (`host`, or with hosts: the node named after it)."""
+    if node == root:
         return None
     return spec.netns or f"{topology}-{node}"
 
@@ -139,6 +167,11 @@ class _Collector:
     def __bool__(self) -> bool:
         return bool(self.problems or self.roots)
 
+    def extend(self, other: _Collector) -> None:
+        """Add another collector's problems, each once."""
+        for mine, theirs in ((self.roots, other.roots), (self.problems, other.problems)):
+            mine += [p for p in theirs if p not in mine]
+
     def error(self) -> TopologyError:
         def order(ps: list[Problem]) -> list[Problem]:
             return sorted(ps, key=lambda p: (p.line or 0, p.path))
@@ -170,20 +203,72 @@ class _Names:
         return f"unknown node {name!r} ({hint}{len(self.names)} nodes are declared)"
 
 
-def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None = None) -> DesiredState:
+def normalize(topo: Topology, src: Source | None = None, nat_backend: str | None = None,
+              host: str | None = None) -> DesiredState:
     """nat_backend overrides settings.nat_backend. It is taken as given: a caller that wants
-    `auto` to mean the host's iptables flavour resolves it first (api.resolve_nat_backend)."""
-    return Normalizer(topo, src or Source("<manifest>"), nat_backend).run()
+    `auto` to mean the host's iptables flavour resolves it first (api.resolve_nat_backend).
+
+    A topology that spans machines (hosts:) is checked whole, every machine's slice; the result
+    is `host`'s slice, or without `host` every slice in one list (for reports, never planned)."""
+    src = src or Source("<manifest>")
+    if not topo.hosts:
+        if host is not None:
+            raise UsageError(f"topology {topo.name} declares no hosts: (it lives on one machine); leave out "
+                             f"the host ({host})")
+        return Normalizer(topo, src, nat_backend).run()
+    states = normalize_hosts(topo, src, nat_backend)
+    if host is None:
+        return _merged(topo, states)
+    if host not in states:
+        raise UsageError(f"topology {topo.name} has no host {host!r} (its hosts: {', '.join(states)})")
+    return states[host]
+
+
+def normalize_hosts(topo: Topology, src: Source, nat_backend: str | None = None) -> dict[str, DesiredState]:
+    """Every machine's slice, normalized: the problems of all of them, raised once. The hosts
+    and the nodes' on: come first (nothing can be sliced without them)."""
+    err = _Collector(src)
+    for path, message in problems(topo):
+        err.add(path, message, root=True)
+    if err:
+        raise err.error()
+    out = {}
+    for host in topo.hosts:
+        part = slice_topology(topo, host)
+        normalizer = Normalizer(part.topology, src, nat_backend, part)
+        normalizer.stages()
+        err.extend(normalizer.err)   # a check is resolved on every machine: said once
+        out[host] = normalizer.state
+    if err:
+        raise err.error()
+    return out
+
+
+def _merged(topo: Topology, states: dict[str, DesiredState]) -> DesiredState:
+    """Every machine's resources in one list, machine after machine: what validate counts. Not
+    a state to plan (keys repeat across machines)."""
+    nodes: dict[str, str | None] = {}
+    resources: list[Resource] = []
+    for state in states.values():
+        nodes.update(state.nodes)
+        resources += state.resources
+    backend = next(iter(states.values())).nat_backend if states else topo.settings.nat_backend
+    return DesiredState(topo, nodes, resources, nat_backend=backend)
 
 
 class Normalizer:
-    """What the stages share: the manifest, what earlier stages built, the problems found."""
+    """What the stages share: the manifest, what earlier stages built, the problems found.
+    With a placement, `topo` is one machine's slice of the topology (hosts.slice_topology)."""
 
-    def __init__(self, topo: Topology, src: Source, nat_backend: str | None = None):
+    def __init__(self, topo: Topology, src: Source, nat_backend: str | None = None,
+                 placement: Slice | None = None):
         self.topo, self.src, self.name = topo, src, topo.name
         self.nat_backend = nat_backend or topo.settings.nat_backend
         self.err = _Collector(src)
-        self.names = _Names(list(topo.nodes))
+        self.placement = placement
+        self.root = placement.host if placement else HOST       # the node that is the root namespace
+        self.whole = placement.whole if placement else topo     # every node, on whichever machine
+        self.names = _Names(list(self.whole.nodes))
         self.nodes: dict[str, str | None] = {}
         self.used: dict[Endpoint, int] = {}      # veth end -> index of the link that uses it
         self.mentioned: set[Endpoint] = set()    # every end a link names (or meant), even a rejected one
@@ -199,23 +284,64 @@ class Normalizer:
         self.declared_ips: dict[str, set[str]] = {}
         # The result shares the collections above: every stage adds to it.
         self.state = DesiredState(topo, self.nodes, self.resources, self.interfaces, self.addresses,
-                                  nat_backend=self.nat_backend)
+                                  nat_backend=self.nat_backend, placement=placement)
 
-    def run(self) -> DesiredState:
+    def stages(self) -> None:
         for stage in STAGES:
             stage(self)
+
+    def run(self) -> DesiredState:
+        self.stages()
         if self.err:
             raise self.err.error()
         return self.state
+
+    def link_index(self, i: int) -> int:
+        """The manifest's index of the topology's link `i` (a slice holds some of the links)."""
+        return self.placement.links[i] if self.placement else i
+
+    # --- hosts ------------------------------------------------------------------------------------
+    def on_hosts(self) -> None:
+        """Without hosts:, a node's on: is an error (with hosts:, normalize_hosts checked them)."""
+        if self.placement is None:
+            for path, message in problems(self.topo):
+                self.err.add(path, message)
+
+    def tunnels(self) -> None:
+        """This machine's end of every link to another machine: a point-to-point VXLAN device (a
+        generated port when the end is a bridge), its socket in the root namespace (hosts.py)."""
+        for t in self.placement.tunnels if self.placement else ():
+            spec, path = self.topo.nodes[t.node], ("links", t.link, t.end)
+            self.mentioned.add((t.node, t.ifname))
+            bridge = t.ifname if t.ifname in spec.bridges else None
+            if t.ifname == "lo":
+                self.err.add(path, "'lo' cannot be a link end")
+                continue
+            if bridge is None and (t.node, t.ifname) in self.used:
+                self.err.add(path, f"link end {t.node}:{t.ifname} is already used by links["
+                             f"{self.used[(t.node, t.ifname)]}] (a veth end belongs to one link; plug several links "
+                             "into a bridge instead)")
+                continue
+            ns = self.nodes[t.node]
+            ifname = generated_ifname(self.name, t.node, f"{bridge}/{t.peer[0]}/{t.peer[1]}") if bridge else t.ifname
+            # No learning: every frame goes to the one remote (the kernel's all-zero entry).
+            self.resources.append(Link(ns, ifname, "vxlan", mtu=t.mtu, master=bridge, spec=Vxlan(
+                t.vni, t.port, t.local, None, t.remote, learning=False, underlay_host=ns is not None)))
+            self.end_mtu[(t.node, ifname)] = (t.mtu, f"the tunnel of links[{t.link}]")
+            if bridge is None:
+                self.used[(t.node, t.ifname)] = t.link
+                self.interfaces[(t.node, t.ifname)] = ifname
+            else:
+                self.ports.setdefault((t.node, bridge), []).append(_End(t.node, ifname, bridge, bridge))
 
     # --- nodes and links ----------------------------------------------------------------------
     def namespaces(self) -> None:
         seen_ns: dict[str, str] = {}
         for node, spec in self.topo.nodes.items():
-            if node == HOST and spec.netns:
+            if node == HOST and spec.netns and self.placement is None:
                 self.err.add(("nodes", HOST, "netns"),
                              "the host node is the namespace cnetctl runs in; it takes no netns")
-            ns = netns_name(self.name, node, spec)
+            ns = netns_name(self.name, node, spec, self.root)
             self.nodes[node] = ns
             if ns is not None:
                 if ns in seen_ns:
@@ -226,8 +352,8 @@ class Normalizer:
         """A link end naming a bridge of its node plugs a generated veth into that bridge (any
         number of links may); any other end is a veth of that name, used once."""
         unknown: list[tuple[tuple[PathPart, ...], str, str]] = []
-        for i, (a, b) in enumerate(self.topo.links):
-            ok = True
+        for index, (a, b) in enumerate(self.topo.links):
+            i, ok = self.link_index(index), True
             parsed = []
             for j, end in enumerate((a, b)):
                 node, ifname = end.split(":", 1)
@@ -264,7 +390,7 @@ class Normalizer:
         """The one declared node close to the unknown `node` that declares `ifname` and no link
         names: the link surely meant it (its "not a link end" error would only repeat this one)."""
         fits = [n for n in self.names.close(node)
-                if ifname in self.topo.nodes[n].interfaces and (n, ifname) not in self.mentioned]
+                if ifname in self.whole.nodes[n].interfaces and (n, ifname) not in self.mentioned]
         return fits[0] if len(fits) == 1 else None
 
     def resolve_pair(self, i: int, a: Endpoint, b: Endpoint) -> tuple[_End, _End]:
@@ -314,7 +440,7 @@ class Normalizer:
                     continue
                 if (node, ifname) in self.mentioned:
                     continue  # its link was rejected above: that error is the one to fix
-                if node == HOST:
+                if node == self.root:
                     # An existing host device: configured, never created or deleted.
                     self.resources.append(Link(None, ifname, "device", mtu=ispec.mtu, up=None, master=None))
                     self.interfaces[(node, ifname)] = ifname
@@ -374,9 +500,9 @@ class Normalizer:
             return path, f"{name} is already an interface of node {node!r} (a bridge, an interface or a link end)"
         if vx.master is not None and vx.master not in spec.bridges:
             return (*path, "master"), f"{vx.master!r} is not a bridge of node {node!r}"
-        if vx.dev is not None and node != HOST and vx.dev not in self.declared_ifs.get(node, set()):
+        if vx.dev is not None and node != self.root and vx.dev not in self.declared_ifs.get(node, set()):
             return (*path, "dev"), f"node {node!r} has no interface {vx.dev!r}"
-        if vx.local is not None and node != HOST and vx.local not in self.declared_ips.get(node, set()):
+        if vx.local is not None and node != self.root and vx.local not in self.declared_ips.get(node, set()):
             return (*path, "local"), f"{vx.local} is not an address of node {node!r}"
         if (vx.vni, vx.port, vx.local) in taken:
             return (*path, "vni"), (f"vni {vx.vni} on port {vx.port} is already used by vxlans."
@@ -389,7 +515,7 @@ class Normalizer:
             for k, n in enumerate(spec.neighbors):
                 path: tuple[PathPart, ...] = ("nodes", node, "neighbors", k)
                 kernel_if = self.interfaces.get((node, n.dev))
-                if kernel_if is None or (node == HOST and n.dev in spec.interfaces):
+                if kernel_if is None or (node == self.root and n.dev in spec.interfaces):
                     self.err.add((*path, "dev"), f"{n.dev!r} is not an interface node {node!r} creates (static "
                                  "neighbours go on the topology's own bridges, veths and VXLANs)")
                     continue
@@ -514,9 +640,9 @@ class Normalizer:
     def route_refs(self, node: str, r: RouteSpec, path: tuple[PathPart, ...], family: int) -> None:
         """What the route names must exist on the node, as the manifest declares it."""
         local_ips = self.declared_ips[node]
-        if r.dev is not None and r.dev not in self.declared_ifs[node] and node != HOST:
+        if r.dev is not None and r.dev not in self.declared_ifs[node] and node != self.root:
             self.err.add((*path, "dev"), f"node {node!r} has no interface {r.dev!r}")
-        if r.src is not None and r.src not in local_ips and node != HOST:
+        if r.src is not None and r.src not in local_ips and node != self.root:
             self.err.add((*path, "src"), f"{r.src} is not an address of node {node!r}")
         if r.via is None:
             return
@@ -527,7 +653,7 @@ class Normalizer:
         elif gw.version == 6 and gw.is_link_local:
             if not r.dev:
                 self.err.add((*path, "via"), "a link-local gateway needs dev")
-        elif not r.onlink and node != HOST:
+        elif not r.onlink and node != self.root:
             on = [net for net in self.declared_nets[node] if gw in net]
             if not on:
                 self.err.add((*path, "via"), f"gateway {r.via} is not on a connected subnet of node {node!r} "
@@ -583,7 +709,7 @@ class Normalizer:
                 resolvers[ref.what](state, ("checks", k, check.kind, *ref.path), ref.value)
 
     def node_ref(self, state: DesiredState, path: tuple[PathPart, ...], node: str | int) -> None:
-        if node not in self.topo.nodes:
+        if node not in self.whole.nodes:
             self.err.add(path, self.names.unknown(str(node)), root=True)
 
     def table_ref(self, state: DesiredState, path: tuple[PathPart, ...], table: str | int) -> None:
@@ -595,6 +721,8 @@ class Normalizer:
         if resolve_target(state, target) is not None:
             return
         node, _, ifname = target.partition(":")
+        if self.placement is not None and self.placement.elsewhere(node):
+            return   # judged by the slice of the machine the node lives on
         spec = self.topo.nodes.get(node)
         if spec is not None and (node, ifname) in state.interfaces:
             self.err.add(path, f"{target} has no address to aim at: give it one under "
@@ -621,8 +749,10 @@ Stage = Callable[[Normalizer], None]
 # In order: each stage reads what the ones before it built (the checks of a route look at the
 # interfaces and addresses the manifest declares, the veths need the links resolved …).
 STAGES: tuple[Stage, ...] = (
+    Normalizer.on_hosts,
     Normalizer.namespaces,
     Normalizer.links,
+    Normalizer.tunnels,
     Normalizer.declared,
     Normalizer.bridges_and_interfaces,
     Normalizer.veths,
@@ -675,8 +805,8 @@ def _gateway_problem(gw: ipaddress.IPv4Address | ipaddress.IPv6Address, r: Route
 def resolve_target(state: DesiredState, target: str) -> str | None:
     """A check's `to`: an IP as written, or NODE:IFNAME -> that interface's first address."""
     node, sep, ifname = target.partition(":")
-    if sep and node in state.topology.nodes:
-        cidrs = state.addresses.get((node, ifname))
+    if sep and (node in state.topology.nodes or (state.placement and state.placement.elsewhere(node))):
+        cidrs = state.interface_addresses(node, ifname)
         return str(ipaddress.ip_interface(cidrs[0]).ip) if cidrs else None
     try:
         return str(ipaddress.ip_address(target))

@@ -41,17 +41,19 @@ def print_plan(plan: Plan, topology: str) -> None:
 
 
 def print_report(report: VerifyReport) -> None:
-    table = Table(title=f"checks of topology {report.topology}", show_lines=False)
+    on = f" on host {report.host}" if report.host else ""
+    table = Table(title=f"checks of topology {report.topology}{on}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("check")
     table.add_column("what")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for i, check in enumerate(report.checks, 1):
-        table.add_row(str(i), check.kind, describe(check), "[green]ok[/]" if check.ok else "[red]FAIL[/]",
-                      check.detail)
+        result = "[green]ok[/]" if check.ok else "[dim]skipped[/]" if check.ok is None else "[red]FAIL[/]"
+        table.add_row(str(i), check.kind, describe(check), result, check.detail)
     console.print(table)
-    console.print(f"{report.passed} passed, {report.failed} failed")
+    skipped = f", {report.skipped} skipped (they run on other machines)" if report.skipped else ""
+    console.print(f"{report.passed} passed, {report.failed} failed{skipped}")
 
 
 def print_status(items: list[Any]) -> None:
@@ -67,7 +69,8 @@ def print_status(items: list[Any]) -> None:
 def status_lines(data: dict[str, Any]) -> list[str]:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["applied_at"])) if data["applied_at"] else "-"
     lines = [f"{data['name']}  applied {when}  state file: {'yes' if data['state_file'] else 'no'}"
-             + (f"  manifest: {data['manifest']}" if data["manifest"] else "")]
+             + (f"  manifest: {data['manifest']}" if data["manifest"] else "")
+             + (f"  host: {data['host']}" if data.get("host") else "")]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items()))
     lines.append(f"  resources: {counts or 'none'}")
     for node in data["by_node"]:

@@ -89,6 +89,7 @@ class State:
     manifest: str | None = None
     nat_backend: str | None = None
     applied_at: float | None = None
+    host: str | None = None     # with hosts:, the machine whose slice is applied here
     exists: bool = False
 
     @property
@@ -126,13 +127,14 @@ class State:
         st.manifest = checked["manifest"]
         st.nat_backend = checked["nat_backend"]
         st.applied_at = checked["applied_at"]
+        st.host = checked["host"]
         return st
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "name": self.name, "nodes": self.nodes, "manifest": self.manifest,
                 "nat_backend": self.nat_backend, "applied_at": self.applied_at,
                 "sysctl_originals": self.sysctl_originals, "host_resources": self.host_resources,
-                "device_originals": self.device_originals}
+                "device_originals": self.device_originals, **({"host": self.host} if self.host else {})}
 
     def save(self) -> None:
         os.makedirs(self.directory, mode=0o755, exist_ok=True)

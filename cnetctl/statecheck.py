@@ -119,6 +119,7 @@ def check_state(data: Any, name: str) -> tuple[dict[str, Any] | None, list[str]]
         "manifest": _scalar(data, "manifest", lambda v: text(v), problems),
         "nat_backend": _scalar(data, "nat_backend", lambda v: v in ("auto", "nftables", "iptables"), problems),
         "applied_at": _scalar(data, "applied_at", _timestamp, problems),
+        "host": _scalar(data, "host", lambda v: isinstance(v, str) and is_node_name(v), problems),
     }
     return out, problems
 
@@ -147,8 +148,8 @@ def _mapping(value: Any, what: str, problems: list[str]) -> dict[Any, Any]:
 def _nodes(value: Any, problems: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for node, ns in _mapping(value, "nodes", problems).items():
-        if (node == "host" and ns is None) or (node != "host" and is_node_name(node) and isinstance(ns, str)
-                                                and is_netns_name(ns)):
+        # None: the machine's root namespace (`host`, or with hosts: the node named after the machine)
+        if is_node_name(node) and ((ns is None) or (node != "host" and isinstance(ns, str) and is_netns_name(ns))):
             out[node] = ns
         else:
             problems.append(f"nodes[{node!r}]: not a node name with its netns name (got {describe(ns)})")

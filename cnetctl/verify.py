@@ -30,22 +30,30 @@ MAX_PARALLEL = 32
 class VerifyReport:
     topology: str
     checks: list[CheckResult]
+    host: str | None = None     # the machine whose slice this is (a topology that spans machines)
 
     @property
     def passed(self) -> int:
-        return sum(1 for c in self.checks if c.ok)
+        return sum(1 for c in self.checks if c.ok is True)
 
     @property
     def failed(self) -> int:
-        return sum(1 for c in self.checks if not c.ok)
+        return sum(1 for c in self.checks if c.ok is False)
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for c in self.checks if c.ok is None)
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"topology": self.topology, "passed": self.passed, "failed": self.failed,
-                "checks": [c.to_json() for c in self.checks]}
+        out = {"topology": self.topology, "passed": self.passed, "failed": self.failed,
+               "checks": [c.to_json() for c in self.checks]}
+        if self.host is not None:
+            out.update(host=self.host, skipped=self.skipped)
+        return out
 
 
 def readback(desired: DesiredState, current: CurrentState) -> list[CheckResult]:
@@ -77,11 +85,19 @@ def run_checks(desired: DesiredState, sockets: Sockets, kinds: Mapping[str, Chec
     Every socket and thread is gone when this returns.
     """
     checks = list(desired.topology.checks)
+    elsewhere = [desired.placement.skipped_by(k) if desired.placement else None for k in range(len(checks))]
     workers = sum(1 for c in checks if c.kind in kinds and isinstance(kinds[c.kind].run, Pooled))
     with Prober() as prober, ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL, workers))) as pool:
         context = CheckContext(desired, prober, sockets)
-        finishers = [_launch(context, pool, check, kinds.get(check.kind)) for check in checks]
+        finishers = [functools.partial(_skipped, check, host) if host else
+                     _launch(context, pool, check, kinds.get(check.kind))
+                     for check, host in zip(checks, elsewhere, strict=True)]
         return [finish() for finish in finishers]
+
+
+def _skipped(check: Check, host: str) -> CheckResult:
+    """A check that starts from a node on another machine: that machine's verify runs it."""
+    return CheckResult(check.kind, None, f"skipped (runs on {host})", {**spec_fields(check.spec), "skipped": host})
 
 
 def _launch(context: CheckContext, pool: ThreadPoolExecutor, check: Check, kind: CheckKind[Any] | None

@@ -51,8 +51,10 @@ class Machine:
     holder: subprocess.Popen[str] = field(repr=False)
 
     def prefix(self) -> list[str]:
-        """argv prefix that runs a command inside this machine (network + mount namespace)."""
-        return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
+        """argv prefix that runs a command inside this machine (network + mount namespace), in the
+        checkout (entering a mount namespace moves to its root: `python -m cnetctl` and relative
+        manifest paths would then miss this worktree)."""
+        return ["nsenter", "-t", str(self.pid), "-n", "-m", f"--wd={ROOT}", "--"]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, "CNETCTL_STATE_DIR": self.state_dir, **(extra or {})}

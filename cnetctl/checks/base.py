@@ -24,7 +24,7 @@ S = TypeVar("S", bound=CheckSpec)
 @dataclass
 class CheckResult:
     kind: str
-    ok: bool
+    ok: bool | None     # None: not run here (skipped: it runs on another machine)
     detail: str
     fields: dict[str, Any] = field(default_factory=dict)
 

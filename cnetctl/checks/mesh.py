@@ -7,7 +7,7 @@ from typing import Any
 
 from ..kernel.probe import PingHandle
 from ..model.topology import MeshCheck
-from ..normalize import HOST, DesiredState
+from ..normalize import DesiredState
 from .base import CheckContext, CheckKind, CheckResult, Finisher, Probe, spec_fields
 from .ping import replies
 
@@ -17,9 +17,10 @@ Sent = tuple[str, str, str, PingHandle]    # from, to, address, the echo in flig
 
 
 def mesh_nodes(desired: DesiredState, spec: MeshCheck) -> list[str]:
-    """`all` = every node but host (the machine itself is listed explicitly when wanted)."""
+    """`all` = every node but host (the machine itself is listed explicitly when wanted); with
+    hosts:, every node on any machine but the machines' own."""
     if spec.nodes == "all":
-        return [n for n in desired.topology.nodes if n != HOST]
+        return desired.every_node()
     return list(dict.fromkeys(spec.nodes))
 
 
@@ -29,11 +30,13 @@ def _family_ok(addr: str, family: str) -> bool:
 
 
 def start(ctx: CheckContext, spec: MeshCheck) -> Finisher:
-    """Send every pair's echoes now; the returned function collects and judges them."""
+    """Send every pair's echoes now; the returned function collects and judges them. On one
+    machine of several, the pairs from the members living there (the others send theirs)."""
     desired = ctx.desired
     names = mesh_nodes(desired, spec)
     probes: list[Sent] = []
-    for a in names:
+    senders = [a for a in names if desired.here(a)]
+    for a in senders:
         for b in names:
             if a == b:
                 continue
@@ -41,11 +44,16 @@ def start(ctx: CheckContext, spec: MeshCheck) -> Finisher:
                 addr = cidr.split("/")[0]
                 if _family_ok(addr, spec.family):
                     probes.append((a, b, addr, ctx.prober.submit(desired.ns_of(a), addr, timeout=spec.timeout)))
-    return lambda: judge(spec, names, probes, spec_fields(spec))
+    fields = spec_fields(spec)
+    if len(senders) < len(names):
+        fields["senders"] = senders
+    return lambda: judge(spec, names, probes, fields, senders)
 
 
-def judge(spec: MeshCheck, names: list[str], probes: list[Sent], fields: dict[str, Any]) -> CheckResult:
-    pair_ok: dict[tuple[str, str], bool] = {(a, b): True for a in names for b in names if a != b}
+def judge(spec: MeshCheck, names: list[str], probes: list[Sent], fields: dict[str, Any],
+          senders: list[str] | None = None) -> CheckResult:
+    pair_ok: dict[tuple[str, str], bool] = {(a, b): True for a in (names if senders is None else senders)
+                                            for b in names if a != b}
     failed = []
     for a, b, addr, handle in probes:
         rtts, error = replies(handle)
@@ -74,6 +82,8 @@ def judge(spec: MeshCheck, names: list[str], probes: list[Sent], fields: dict[st
 def _detail(spec: MeshCheck, fields: dict[str, Any]) -> str:
     failed, failed_pairs = fields["failed"], fields["failed_pairs"]
     detail = f"{fields['pairs_ok']}/{fields['pairs']} pairs ok ({fields['pings']} pings, {spec.family})"
+    if "senders" in fields:
+        detail += f" from {', '.join(fields['senders'])} (the other members' machines send theirs)"
     if failed_pairs:
         detail += f"; failed pairs: {', '.join(failed_pairs)}"
     if failed:

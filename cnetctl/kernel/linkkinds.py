@@ -65,12 +65,20 @@ def _ensure_veth(kernel: Kernel, link: Link) -> None:
 def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
     spec = link.spec
     assert isinstance(spec, VxlanSpec)
+    # A tunnel end inside a node: asked from the root namespace with the node's as the target,
+    # the kernel opens its UDP socket in the root namespace (the one with the underlay).
+    across = spec.underlay_host and link.ns is not None
     try:
-        links.create_vxlan(kernel.sockets.get(link.ns), link.ifname, spec.vni, spec.port, spec.local, spec.remote,
-                           spec.dev, spec.learning, spec.mac)
+        links.create_vxlan(kernel.sockets.get(None if across else link.ns), link.ifname, spec.vni, spec.port,
+                           spec.local, spec.remote, spec.dev, spec.learning, spec.mac,
+                           netns_path(link.ns) if across and link.ns is not None else None)
     except NetlinkError as err:
         if not is_errno(err, errno.EEXIST):
             raise
+        if links.find_link(kernel.sockets.get(link.ns), link.ifname) is None:
+            # EEXIST for a name that is free: another VXLAN device of that namespace has the VNI.
+            raise KernelError(f"create {link.describe()}: VNI {spec.vni} on port {spec.port} is already used by "
+                              "another VXLAN device of that namespace") from None
         _refuse_foreign(kernel, link)
     # Labelled at once (the common settings follow): a crash now must leave it findable.
     links.configure_link(kernel.sockets.get(link.ns), link.ifname, alias=kernel.label)
@@ -84,7 +92,9 @@ def _vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
                      local=info.get("IFLA_VXLAN_LOCAL") or info.get("IFLA_VXLAN_LOCAL6"),
                      dev=names.get(dev) if dev else None,
                      remote=info.get("IFLA_VXLAN_GROUP") or info.get("IFLA_VXLAN_GROUP6"),
-                     learning=bool(info.get("IFLA_VXLAN_LEARNING")), mac=live.mac)
+                     learning=bool(info.get("IFLA_VXLAN_LEARNING")), mac=live.mac,
+                     # its socket's namespace is another one (cnetctl only ever makes it the root's)
+                     underlay_host=live.peer_netnsid is not None)
 
 
 def _ensure_device(kernel: Kernel, link: Link) -> None:

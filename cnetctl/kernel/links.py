@@ -116,7 +116,9 @@ def create_bridge(ipr: IPRoute, ifname: str, alias: str) -> None:
 
 
 def create_vxlan(ipr: IPRoute, ifname: str, vni: int, port: int, local: str | None, remote: str | None,
-                 dev: str | None, learning: bool, mac: str | None) -> None:
+                 dev: str | None, learning: bool, mac: str | None, netns_path: str | None = None) -> None:
+    """With netns_path, the device is created in that namespace while its UDP socket stays in
+    the namespace of `ipr` (the kernel's link-netnsid)."""
     six = any(a and ":" in a for a in (local, remote))
     attrs: dict[str, Any] = {"vxlan_id": vni, "vxlan_port": port, "vxlan_learning": 1 if learning else 0}
     if local:
@@ -127,6 +129,8 @@ def create_vxlan(ipr: IPRoute, ifname: str, vni: int, port: int, local: str | No
         attrs["vxlan_link"] = get_index(ipr, dev)
     if mac:
         attrs["address"] = mac
+    if netns_path is not None:
+        attrs["net_ns_fd"] = netns_path
     ipr.link("add", ifname=ifname, kind="vxlan", **attrs)
 
 

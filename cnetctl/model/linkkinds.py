@@ -43,12 +43,17 @@ class VxlanSpec:
     remote: str | None = None     # point-to-point peer (IFLA_VXLAN_GROUP with a unicast address)
     learning: bool = True
     mac: str | None = None
+    # Its UDP socket lives in the machine's root namespace while the device sits in a node's (a
+    # tunnel end of a link between machines): created from the root namespace, straight into the
+    # node's; the kernel reports it as the device's link-netnsid.
+    underlay_host: bool = False
 
     def describe(self) -> str:
         parts = [f"vni {self.vni}", f"port {self.port}"]
         parts += [f"{name} {value}" for name, value in (("local", self.local), ("remote", self.remote),
                                                         ("dev", self.dev), ("mac", self.mac)) if value]
-        return ", ".join(parts + ([] if self.learning else ["nolearning"]))
+        return ", ".join(parts + ([] if self.learning else ["nolearning"])
+                         + (["underlay in host"] if self.underlay_host else []))
 
 
 def _same_spec(want: object, have: object) -> bool:
@@ -60,7 +65,7 @@ def _vxlan_matches(want: object, have: object) -> bool:
     if not isinstance(want, VxlanSpec) or not isinstance(have, VxlanSpec):
         return want == have
     return all(getattr(want, f) is None or getattr(want, f) == getattr(have, f)
-               for f in ("vni", "port", "local", "dev", "remote", "learning", "mac"))
+               for f in ("vni", "port", "local", "dev", "remote", "learning", "mac", "underlay_host"))
 
 
 def _vxlan_describe(link: Link) -> str:

@@ -470,8 +470,19 @@ class NeighborSpec(Strict):
     mac: UnicastMac
 
 
+NodeName = Annotated[str, Field(pattern=NODE_NAME_PATTERN)]
+
+
+class HostSpec(Strict):
+    """A machine a topology spans: `address` is its own underlay address, already configured on
+    it (cnetctl finds which host it runs on by it, and tunnels cross-machine links between them)."""
+
+    address: IP
+
+
 class Node(Strict):
     netns: Annotated[str, Field(pattern=NETNS_NAME_PATTERN)] | None = None
+    on: NodeName | None = None      # the host (of `hosts:`) this node lives on
     interfaces: dict[IfName, InterfaceSpec] = {}
     bridges: dict[IfName, BridgeSpec] = {}
     vxlans: dict[IfName, VxlanSpec] = {}
@@ -511,6 +522,11 @@ class CheckSpec(Strict):
         """The nodes, targets and tables this check names, for normalize to resolve."""
         return []
 
+    def origins(self) -> list[str] | None:
+        """The nodes it runs from (None: every node). In a topology that spans machines, a check
+        runs on the machine(s) these live on."""
+        return []
+
 
 class PingCheck(CheckSpec):
     kind: ClassVar[str] = "ping"
@@ -522,6 +538,9 @@ class PingCheck(CheckSpec):
 
     def refs(self) -> list[Ref]:
         return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to)]
+
+    def origins(self) -> list[str] | None:
+        return [self.from_]
 
 
 class RouteExpect(Strict):
@@ -546,6 +565,9 @@ class RouteCheck(CheckSpec):
         table = [Ref("table", ("expect", "table"), self.expect.table)] if self.expect.table is not None else []
         return [Ref("node", ("node",), self.node), *table]
 
+    def origins(self) -> list[str] | None:
+        return [self.node]
+
 
 class MeshCheck(CheckSpec):
     kind: ClassVar[str] = "mesh"
@@ -555,6 +577,9 @@ class MeshCheck(CheckSpec):
 
     def refs(self) -> list[Ref]:
         return [] if self.nodes == "all" else [Ref("node", ("nodes", j), n) for j, n in enumerate(self.nodes)]
+
+    def origins(self) -> list[str] | None:
+        return None if self.nodes == "all" else list(self.nodes)
 
 
 def _preserved_or_ip(v: str) -> str:
@@ -577,6 +602,9 @@ class SourceCheck(CheckSpec):
     def refs(self) -> list[Ref]:
         return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to)]
 
+    def origins(self) -> list[str] | None:
+        return [self.from_]
+
 
 class TcpServe(Strict):
     node: str
@@ -594,6 +622,9 @@ class TcpCheck(CheckSpec):
     def refs(self) -> list[Ref]:
         return [Ref("node", ("from",), self.from_), Ref("target", ("to",), self.to),
                 Ref("node", ("serve", "node"), self.serve.node)]
+
+    def origins(self) -> list[str] | None:
+        return [self.from_]
 
 
 # Every kind, in the order error messages list them.
@@ -678,6 +709,8 @@ class Topology(Strict):
     settings: Settings = Settings()
     tables: dict[Annotated[str, Field(pattern=TABLE_NAME_PATTERN)],
                  U32NonZero] = {}
-    nodes: dict[Annotated[str, Field(pattern=NODE_NAME_PATTERN)], Node]
+    # The machines a topology spans (none: the one cnetctl runs on; see cnetctl/hosts.py).
+    hosts: dict[NodeName, HostSpec] = {}
+    nodes: dict[NodeName, Node]
     links: list[Link] = []
     checks: list[AnyCheck] = []

@@ -32,7 +32,19 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("CNETCTL_FUZZ_EXAMPLES", "300"))
 # Seeds: the valid manifests of the project (another directory: CNETCTL_FUZZ_SEEDS=DIR).
 SEED_DIR = Path(os.environ.get("CNETCTL_FUZZ_SEEDS") or ROOT / "manifests")
-SEEDS = {p.name: yaml.safe_load(p.read_text()) for p in sorted(SEED_DIR.glob("*.yaml"))}
+
+
+class _Yaml12Bools(yaml.SafeLoader):
+    """true/false only are booleans, as cnetctl reads YAML: PyYAML's YAML 1.1 reads the key
+    `on:` (the machine a node lives on) as True."""
+
+
+_Yaml12Bools.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Bools.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+SEEDS = {p.name: yaml.load(p.read_text(), Loader=_Yaml12Bools) for p in sorted(SEED_DIR.glob("*.yaml"))}
 
 # Values that look plausible somewhere in a manifest: the mutations should reach the
 # cross-checks, not only the type checks.

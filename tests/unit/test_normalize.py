@@ -135,7 +135,8 @@ def run_until(n: Normalizer, last: Stage) -> Normalizer:
 
 def test_stages_are_named_in_order_and_small():
     assert [s.__name__ for s in STAGES] == [
-        "namespaces", "links", "declared", "bridges_and_interfaces", "veths", "vxlans", "all_addresses", "neighbors",
+        "on_hosts", "namespaces", "links", "tunnels", "declared", "bridges_and_interfaces", "veths", "vxlans",
+        "all_addresses", "neighbors",
         "sysctls",
         "routes_and_rules", "check_references", "nat"]
     for stage in STAGES:
