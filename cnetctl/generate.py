@@ -141,7 +141,30 @@ def k8s(nodes: int, pods_per_node: int, mode: str = "host-gw", name: str = "k8s"
                                  "routes": [{"to": "default", "via": _pod_ip(n, -1)}]}
             doc["links"].append([f"{pod}:eth0", f"node{n}:cbr0"])
     doc["checks"] = _k8s_checks(nodes, pods_per_node) if mode == "host-gw" else _vxlan_checks(nodes, pods_per_node)
+    if machines:
+        doc["checks"] = _sources_on_one_machine(doc)
     return doc
+
+
+def _sources_on_one_machine(doc: Manifest) -> list[dict[str, Any]]:
+    """A `source` check runs on one machine, both ends there: across machines, aim it at the
+    first pod of the last other node on the sender's machine (still node to node, no NAT
+    between), or leave it out when the sender's node is alone on its machine."""
+    nodes = doc["nodes"]
+    out = []
+    for check in doc["checks"]:
+        spec = check.get("source")
+        if spec is not None:
+            where = nodes[spec["from"]]["on"]
+            if nodes[spec["to"].split(":")[0]]["on"] != where:
+                sender_node = spec["from"].split("-")[0].replace("pod", "node")
+                peers = [n for n, v in nodes.items() if n.startswith("node") and v.get("on") == where
+                         and n != sender_node]
+                if not peers:
+                    continue
+                check = {"source": {**spec, "to": f"{peers[-1].replace('node', 'pod')}-0:eth0"}}
+        out.append(check)
+    return out
 
 
 def _pod_mtu(mode: str, across_machines: bool) -> int | None:

@@ -42,6 +42,9 @@ MODELS: tuple[ModelDoc, ...] = (
                 "routes and rules with `proto 147`, the nft table `inet cnetctl-NAME`), prefixes the namespaces "
                 "of its nodes (`NAME-NODE`) and names its state file.",
         "settings": "Options for the whole topology.",
+        "hosts": "The machines the topology spans, by name (SPEC §6). Without it the topology lives on the machine "
+                 "cnetctl runs on; with it, `host` is not a node name and every other node says `on:` which "
+                 "machine it lives on.",
         "tables": "Names for routing table ids, usable wherever a table is expected (routes, rules, route "
                   "checks): `{eth0_table: 200}`.",
         "nodes": "The nodes by name. `host` is the network namespace cnetctl runs in (never created or "
@@ -61,9 +64,15 @@ MODELS: tuple[ModelDoc, ...] = (
                    "leave the chain alone; `plan` and `apply` warn, naming the table and chain that will drop "
                    "the traffic.",
     }),
+    ModelDoc(t.HostSpec, "hosts.HOST", "A machine the topology spans.", {
+        "address": "The machine's own underlay address, already configured on it: cnetctl finds the host it runs "
+                   "on by it, and links between machines are VXLAN tunnels between these addresses.",
+    }),
     ModelDoc(t.Node, _NODE, "A node: `host`, or a network namespace (a container, a pod, a router, a machine "
              "of a lab). Its `lo` is brought up.", {
         "netns": "The exact namespace name to use instead of `TOPOLOGY-NODE`. Not allowed on `host`.",
+        "on": "With `hosts:`: the machine this node lives on. A node named after a host is that machine's root "
+              "namespace.",
         "interfaces": "Interfaces by name: each must be a link end of this node, a bridge of this node or `lo`; "
                       "on `host` it may also name an existing device, which cnetctl configures (addresses, MTU) "
                       "but never creates or deletes.",

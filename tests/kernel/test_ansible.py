@@ -35,7 +35,7 @@ from tests.sshd import SSHD, SshAccess, controller_on_underlay, ssh_servers
 # The one switch: a manifest with `hosts:` (e.g. manifests/two-hosts.yaml, underlay 192.0.2.11
 # and .12) is deployed as its slices, with the inventory `cnetctl inventory` prints; a manifest
 # without `hosts:` is deployed whole onto each of ONE_MACHINE_HOSTS.
-MANIFEST = MANIFESTS / "quickstart.yaml"
+MANIFEST = MANIFESTS / "two-hosts.yaml"
 ONE_MACHINE_HOSTS = {"m1": "192.0.2.11", "m2": "192.0.2.12"}
 
 PLAYBOOKS = ROOT / "deploy" / "ansible"

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from cnetctl import api
 from cnetctl.errors import TopologyError
+from tests import yaml12
 
 ROOT = Path(__file__).resolve().parents[2]
 # More examples for a long hunt: CNETCTL_FUZZ_EXAMPLES=5000 pytest tests/unit/test_fuzz_manifests.py
@@ -34,17 +35,7 @@ EXAMPLES = int(os.environ.get("CNETCTL_FUZZ_EXAMPLES", "300"))
 SEED_DIR = Path(os.environ.get("CNETCTL_FUZZ_SEEDS") or ROOT / "manifests")
 
 
-class _Yaml12Bools(yaml.SafeLoader):
-    """true/false only are booleans, as cnetctl reads YAML: PyYAML's YAML 1.1 reads the key
-    `on:` (the machine a node lives on) as True."""
-
-
-_Yaml12Bools.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Yaml12Bools.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                   list("tTfF"))
-SEEDS = {p.name: yaml.load(p.read_text(), Loader=_Yaml12Bools) for p in sorted(SEED_DIR.glob("*.yaml"))}
+SEEDS = {p.name: yaml12.load(p.read_text()) for p in sorted(SEED_DIR.glob("*.yaml"))}
 
 # Values that look plausible somewhere in a manifest: the mutations should reach the
 # cross-checks, not only the type checks.
