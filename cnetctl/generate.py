@@ -140,7 +140,8 @@ def k8s(nodes: int, pods_per_node: int, mode: str = "host-gw", name: str = "k8s"
             doc["nodes"][pod] = {**({"on": where} if where else {}), "interfaces": {"eth0": eth0},
                                  "routes": [{"to": "default", "via": _pod_ip(n, -1)}]}
             doc["links"].append([f"{pod}:eth0", f"node{n}:cbr0"])
-    doc["checks"] = _k8s_checks(nodes, pods_per_node) if mode == "host-gw" else _vxlan_checks(nodes, pods_per_node)
+    doc["checks"] = (_k8s_checks(nodes, pods_per_node, _node_ip(nodes), "eth0", "pods") if mode == "host-gw"
+                     else _vxlan_checks(nodes, pods_per_node))
     if machines:
         doc["checks"] = _sources_on_one_machine(doc)
     return doc
@@ -245,21 +246,19 @@ def _across(nodes: int) -> list[dict[str, Any]]:
             {"source": {"from": "pod1-0", "to": f"pod{nodes}-0:eth0", "expect": "preserved"}}]
 
 
-def _k8s_checks(nodes: int, pods_per_node: int) -> list[dict[str, Any]]:
+def _k8s_checks(nodes: int, pods_per_node: int, via: str, dev: str, table: str) -> list[dict[str, Any]]:
+    """Every pod its gateway, pods across nodes, and the route node1 takes to the last node's first
+    pod: over `dev` to `via`, found in `table` (the underlay for host-gw, the VTEP for vxlan)."""
     out = _gateway_pings(nodes, pods_per_node)
     if nodes >= 2:
         out += _across(nodes)
         out.append({"route": {"node": "node1", "to": _pod_ip(nodes, 0), "from": _pod_ip(1, 0), "iif": "cbr0",
-                              "expect": {"via": _node_ip(nodes), "dev": "eth0", "table": "pods"}}})
+                              "expect": {"via": via, "dev": dev, "table": table}}})
     return out
 
 
 def _vxlan_checks(nodes: int, pods_per_node: int) -> list[dict[str, Any]]:
-    out = _gateway_pings(nodes, pods_per_node)
-    if nodes >= 2:
-        out += _across(nodes)
-        out.append({"route": {"node": "node1", "to": _pod_ip(nodes, 0), "from": _pod_ip(1, 0), "iif": "cbr0",
-                              "expect": {"via": _vtep_ip(nodes), "dev": "flannel.1", "table": "main"}}})
+    out = _k8s_checks(nodes, pods_per_node, _vtep_ip(nodes), "flannel.1", "main")
     # A pod CIDR no node owns goes nowhere.
     out.append({"ping": {"from": "pod1-0", "to": _pod_ip(nodes + 1, 0), "expect": "unreachable"}})
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,19 +181,26 @@ _MERMAID_SHAPES = {"interface": ('("', '")'), "bridge": ('[["', '"]]'), "vxlan":
                    "remote": ('>"', '"]')}
 
 
-def mermaid(g: Graph) -> str:
-    lines = ["flowchart LR", f"  %% cnetctl graph of topology {g.title}"]
+def _nest(g: Graph, opening: Callable[[Box], list[str]], device: Callable[[Device], str], closing: str) -> list[str]:
+    """Every box as its `opening` lines, the boxes and devices inside it indented below, and its
+    `closing` line; then the devices outside every box. Both renderers nest the same way."""
+    lines: list[str] = []
 
     def box(b: Box, indent: str) -> None:
-        lines.append(f'{indent}subgraph {b.id}["{_mermaid_text(b.label)}"]')
+        lines.extend(indent + line for line in opening(b))
         for inner in b.boxes:
             box(inner, indent + "  ")
-        lines.extend(f"{indent}  {_mermaid_device(d)}" for d in b.devices)
-        lines.append(f"{indent}end")
+        lines.extend(f"{indent}  {device(d)}" for d in b.devices)
+        lines.append(indent + closing)
 
     for b in g.boxes:
         box(b, "  ")
-    lines.extend(f"  {_mermaid_device(d)}" for d in g.outside)
+    return lines + [f"  {device(d)}" for d in g.outside]
+
+
+def mermaid(g: Graph) -> str:
+    lines = ["flowchart LR", f"  %% cnetctl graph of topology {g.title}"]
+    lines += _nest(g, lambda b: [f'subgraph {b.id}["{_mermaid_text(b.label)}"]'], _mermaid_device, "end")
     for e in g.edges:
         label = f"|{_mermaid_text(e.label)}|" if e.label else ""
         lines.append(f"  {e.a} {'-.-' if e.dashed else '---'}{label} {e.b}")
@@ -234,18 +241,11 @@ def dot(g: Graph) -> str:
              '  node [fontname="monospace", fontsize=10];', '  edge [fontname="monospace", fontsize=9];',
              f"  label={_dot_text('topology ' + g.title)}; labelloc=t;"]
 
-    def box(b: Box, indent: str) -> None:
-        machine = b.id.startswith("m")
-        lines.append(f"{indent}subgraph cluster_{b.id} {{")
-        lines.append(f"{indent}  label={_dot_text(b.label)}; style={'dashed' if machine else 'rounded'};")
-        for inner in b.boxes:
-            box(inner, indent + "  ")
-        lines.extend(f"{indent}  {_dot_device(d)}" for d in b.devices)
-        lines.append(f"{indent}}}")
+    def opening(b: Box) -> list[str]:
+        style = "dashed" if b.id.startswith("m") else "rounded"   # a machine's box, or a node's
+        return [f"subgraph cluster_{b.id} {{", f"  label={_dot_text(b.label)}; style={style};"]
 
-    for b in g.boxes:
-        box(b, "  ")
-    lines.extend(f"  {_dot_device(d)}" for d in g.outside)
+    lines += _nest(g, opening, _dot_device, "}")
     for e in g.edges:
         attrs = ([f"label={_dot_text(e.label)}"] if e.label else []) + (["style=dashed"] if e.dashed else [])
         lines.append(f"  {e.a} -- {e.b}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")

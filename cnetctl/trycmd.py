@@ -1,8 +1,9 @@
 """`cnetctl try FILE`: apply, verify and destroy a manifest inside a throw-away world.
 
-The world (a forked child in its own network + mount namespace, kernel/throwaway.py)
-vanishes with everything in it when the child exits; the machine's network is never
-touched. The manifest is validated here first, so bad input exits 2 before any of it.
+The world is the one the pytest plugin uses (kernel/world.py: network, mount and PID
+namespaces held by one PID 1); a forked child enters it and does the work there. The world
+vanishes with everything in it when `try` ends, however it ends; the machine's network is
+never touched. The manifest is validated here first, so bad input exits 2 before any of it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import api
-from .errors import CnetctlError, TopologyError
+from .errors import CnetctlError, KernelError, TopologyError
 from .plan import Plan
 
 
@@ -38,7 +39,7 @@ def try_manifest(file: str, show: Callable[[TryOutcome], None], *, nat_backend: 
                  destroy_progress: api.Progress | None = None) -> int:
     """The exit code: verify's (0 all checks passed, 1 not), or the code of the error that
     stopped apply or destroy. `show` renders the outcome inside the world, before it goes."""
-    from .kernel.throwaway import run_in_throwaway_world
+    from .kernel.world import WorldError, run_in_world
 
     desired = api.validate(file, nat_backend)
     api.require_root()
@@ -62,7 +63,10 @@ def try_manifest(file: str, show: Callable[[TryOutcome], None], *, nat_backend: 
         show(outcome)
         return outcome.code
 
-    return run_in_throwaway_world(body)
+    try:
+        return run_in_world(body)
+    except WorldError as err:
+        raise KernelError(f"cannot make the throw-away world: {err}") from None
 
 
 def outcome_json(outcome: TryOutcome) -> dict[str, Any]:

@@ -1,42 +1,58 @@
-"""A throw-away world: new network, mount and PID namespaces with a private /run/netns, sysfs and
-xtables lock, and a state dir of its own, held open by one process.
+"""A throw-away world: new network, mount and PID namespaces with a private /run/netns, sysfs,
+xtables lock and state dir (tmpfs), held open by one process.
 
-Commands run inside it through nsenter. Closing it (or the death of the process that started it)
-ends the world's PID 1, and the kernel then kills every process in it; with the last of them go
-every namespace, interface, route, rule, NAT table and sysctl made there. Nothing done inside
-reaches the machine's own network. cnetctl.testing (the pytest plugin) is built on it.
+Both users of a throw-away world go through World: `cnetctl try` runs its apply, verify and destroy
+in it (`call`: a forked child that entered the world with setns), and the pytest plugin
+cnetctl.testing runs any number of commands in it, one after the other or at once (`run`, `popen`:
+through nsenter). Closing it (or the death of the process that started it, however it dies) ends
+the world's PID 1, and the kernel then kills every process in it; with the last of them go every
+namespace, interface, route, rule, NAT table, sysctl and state file made there. Nothing done inside
+reaches the machine's own network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from pyroute2 import IPRoute
+
+from .netns import _check, _libc
 
 Completed = subprocess.CompletedProcess
 
 # PID 1 of the world. Its stdin is a pipe from the process that started it: when that closes
 # (close(), or that process dies however it dies) PID 1 exits and takes the world with it.
+# The state dir is a tmpfs of the world's: a state file never reaches the machine's disk.
 _HOLDER = r"""
 set -e
 mount --make-rprivate /
 mkdir -p /run/netns
 mount -t tmpfs -o mode=755 tmpfs /run/netns
+mount -t tmpfs -o mode=700 tmpfs "$2"
 mount -t sysfs sysfs /sys 2>/dev/null || true
 if [ -e /run/xtables.lock ]; then mount --bind "$1" /run/xtables.lock; fi
-ip link set lo up
 echo ready
 read -r _ || true
 """
-TOOLS = ("unshare", "nsenter", "ip")
+# Making a world takes unshare and mount (util-linux, on every Debian and Ubuntu); `call` enters it
+# with setns. The plugin's commands go in with nsenter, and into a node with `ip netns exec`.
+MAKE_TOOLS = ("unshare", "mount")
+TOOLS = (*MAKE_TOOLS, "nsenter", "ip")
+_PACKAGE = {"unshare": "util-linux", "mount": "mount", "nsenter": "util-linux", "ip": "iproute2"}
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 
 
 class WorldError(Exception):
@@ -57,8 +73,8 @@ def _child_of(pid: int) -> int | None:
     return None
 
 
-def why_not() -> str | None:
-    """Why a world cannot be made in this process, or None."""
+def why_not(tools: tuple[str, ...] = TOOLS) -> str | None:
+    """Why a world (with `tools` at hand) cannot be made in this process, or None."""
     try:
         with open("/proc/self/status") as fh:
             caps = int(next(line.split()[1] for line in fh if line.startswith("CapEff:")), 16)
@@ -67,17 +83,56 @@ def why_not() -> str | None:
     if not caps >> CAP_SYS_ADMIN & 1 or not caps >> CAP_NET_ADMIN & 1:
         return "a throw-away world needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN, for unshare); run the tests " \
                "with sudo"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        return f"a throw-away world needs {', '.join(missing)} (util-linux, iproute2)"
+        packages = dict.fromkeys(_PACKAGE.get(tool, tool) for tool in missing)
+        return f"a throw-away world needs {', '.join(missing)} ({', '.join(packages)})"
     return None
 
 
-class World:
-    """One throw-away world. `run`, `popen` and `cnetctl` work inside it; `close` ends it."""
+def _setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
 
-    def __init__(self) -> None:
-        problem = why_not()
+
+@contextlib.contextmanager
+def _ns_fds(pid: int | str, *kinds: str) -> Iterator[dict[str, int]]:
+    fds: dict[str, int] = {}
+    try:
+        for kind in kinds:
+            fds[kind] = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _lo_up(pid: int) -> None:
+    """lo up in the world's network namespace, from a short-lived thread (setns is per thread:
+    this process stays where it is) and with netlink, not ip(8)."""
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            with _ns_fds(pid, "net") as ns:
+                _setns(ns["net"], CLONE_NEWNET)
+            with IPRoute() as ipr:
+                ipr.link("set", index=1, state="up")
+        except BaseException as err:   # re-raised in the caller's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=body, name="world-lo")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
+class World:
+    """One throw-away world. `run`, `popen`, `cnetctl` and `call` work inside it; `close` ends it.
+    `tools`: the commands its user needs (the plugin's by default; `cnetctl try` needs only MAKE_TOOLS)."""
+
+    def __init__(self, tools: tuple[str, ...] = TOOLS) -> None:
+        problem = why_not(tools)
         if problem:
             raise WorldError(problem)
         self.tmp = tempfile.mkdtemp(prefix="cnetctl-world-")
@@ -86,10 +141,11 @@ class World:
         lock = os.path.join(self.tmp, "xtables.lock")
         Path(lock).touch()
         self._children: list[subprocess.Popen[str]] = []
+        # A session of its own: Ctrl-C at the terminal reaches the commands run inside, never PID 1.
         self.holder = subprocess.Popen(
             ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "sh", "-c", _HOLDER, "world", lock],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "sh", "-c", _HOLDER, "world", lock, self.state_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "ready":
             err = self.holder.communicate(timeout=10)[1] if self.holder.poll() is not None else ""
@@ -104,6 +160,11 @@ class World:
         ns = os.stat(f"/proc/{pid}/ns/pid")
         self._pidns = (ns.st_dev, ns.st_ino)
         self.topologies: list[str] = []     # applied through Lab.apply: destroy_all's list
+        try:
+            _lo_up(pid)
+        except Exception as err:   # OSError from setns, NetlinkError from the link request
+            self.close()
+            raise WorldError(f"the throw-away world started, but its lo cannot be set up: {err}") from None
 
     # --- inside ---------------------------------------------------------------------------------
     def argv(self, argv: list[str], netns: str | None = None, cwd: str | None = None) -> list[str]:
@@ -132,8 +193,59 @@ class World:
     def cnetctl(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300,
                 cwd: str | None = None) -> Completed[str]:
         """The cnetctl of this Python, inside the world, with the world's state dir."""
-        import sys
         return self.run(sys.executable, "-m", "cnetctl", *args, env=env, timeout=timeout, cwd=cwd)
+
+    def call(self, body: Callable[[], int]) -> int:
+        """body() in a forked child inside the world (its network, mount and PID namespaces, this
+        working directory), for Python code that must run there (`cnetctl try`); its return value is
+        the exit code. This process never changes namespace. While it waits, Ctrl-C reaches the child
+        through the terminal's process group and is handled there; SIGTERM is passed on."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with _ns_fds(self.pid, "net", "mnt", "pid") as ns, _ns_fds("self", "pid") as own:
+            _setns(ns["pid"], CLONE_NEWPID)   # only for the child forked next: born in the world's PID namespace
+            try:
+                pid = os.fork()
+                if pid == 0:   # pragma: no cover - the child (measured through its exit code)
+                    os._exit(self._child(body, ns))
+            finally:
+                _setns(own["pid"], CLONE_NEWPID)
+            with _passing_signals_to(pid):
+                _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+    def _child(self, body: Callable[[], int], ns: dict[str, int]) -> int:
+        code = 3
+        try:
+            try:
+                self._enter(ns)
+            except OSError as err:
+                sys.stderr.write(f"cnetctl: cannot enter the throw-away world: {err}\n")
+                return 3
+            code = body()
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else 1
+        except KeyboardInterrupt:
+            sys.stderr.write("cnetctl: interrupted\n")
+            code = 130
+        except BaseException as err:  # the child exits with a code; it never unwinds into the caller
+            sys.stderr.write(f"cnetctl: {type(err).__name__}: {err}\n")
+            code = 3
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+        return code
+
+    def _enter(self, ns: dict[str, int]) -> None:
+        # The lifeline to PID 1 is the parent's alone: a copy here would keep the world (and this
+        # child) alive after the parent was killed.
+        assert self.holder.stdin is not None
+        os.close(self.holder.stdin.fileno())
+        cwd = os.getcwd()
+        _setns(ns["net"], CLONE_NEWNET)
+        _setns(ns["mnt"], CLONE_NEWNS)   # which also moves root and working directory to the world's /
+        os.chdir(cwd)
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         """A manifest given as data, as a file cnetctl can read (JSON is YAML)."""
@@ -202,6 +314,28 @@ class World:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _passing_signals_to(pid: int) -> Iterator[None]:
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    saved = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+             signal.SIGTERM: signal.signal(signal.SIGTERM, forward)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def run_in_world(body: Callable[[str], int]) -> int:
+    """body(state_dir) in a world of its own (World.call), ended right after: `cnetctl try`.
+    WorldError when no world can be made here."""
+    with World(MAKE_TOOLS) as world:
+        return world.call(lambda: body(world.state_dir))
 
 
 class LabError(Exception):

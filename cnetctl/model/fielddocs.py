@@ -33,6 +33,12 @@ class ModelDoc:
 
 
 _NODE = "nodes.NODE"
+# Fields of the same meaning in several models: one wording.
+_TABLE = "a number, `main`, `local`, `default` or a name from `tables`"
+_NAT_SOURCE = "The source network to translate."
+_NOT_IFACE = "; `!IFACE` for every interface but that one."
+_OUT_INTERFACE = "Only traffic leaving by this interface" + _NOT_IFACE
+_IN_INTERFACE = "Only traffic arriving by this interface" + _NOT_IFACE
 
 MODELS: tuple[ModelDoc, ...] = (
     ModelDoc(t.Topology, "the top level of the file",
@@ -135,7 +141,7 @@ MODELS: tuple[ModelDoc, ...] = (
                  "unicast route without `via`, else `universe`.",
         "onlink": "Use `via` even though no address of the node is on its subnet (needs `dev`): the gateway is "
                   "on that link (VXLAN overlays, point-to-point links).",
-        "table": "Routing table: a number, `main`, `local`, `default` or a name from `tables`.",
+        "table": f"Routing table: {_TABLE}.",
         "type": "`unicast` forwards; `blackhole` drops silently; `unreachable` and `prohibit` drop with an ICMP "
                 "error.",
     }),
@@ -148,7 +154,7 @@ MODELS: tuple[ModelDoc, ...] = (
         "fwmark": "Packet mark: `VALUE` or `VALUE/MASK`, decimal or `0x` hex.",
         "priority": "Rule priority, lower is tried first. Unset: a stable one per family in file order "
                     "(32000, 31999, …) so that re-applying changes nothing.",
-        "table": "The table to look up: a number, `main`, `local`, `default` or a name from `tables`.",
+        "table": f"The table to look up: {_TABLE}.",
     }),
     ModelDoc(t.NatRule, f"{_NODE}.nat[]", "One NAT rule: exactly one of its keys.", {
         "masquerade": "Source NAT to the outgoing interface's address (POSTROUTING).",
@@ -156,17 +162,17 @@ MODELS: tuple[ModelDoc, ...] = (
         "dnat": "Destination NAT of a port (PREROUTING, and OUTPUT for the node's own traffic).",
     }),
     ModelDoc(t.Masquerade, f"{_NODE}.nat[].masquerade", "Masquerade traffic from a network.", {
-        "source": "The source network to translate.",
-        "out_interface": "Only traffic leaving by this interface; `!IFACE` for every interface but that one.",
+        "source": _NAT_SOURCE,
+        "out_interface": _OUT_INTERFACE,
     }),
     ModelDoc(t.Snat, f"{_NODE}.nat[].snat", "Source NAT to a fixed address.", {
-        "source": "The source network to translate.",
+        "source": _NAT_SOURCE,
         "to_source": "The address the traffic leaves with.",
-        "out_interface": "Only traffic leaving by this interface; `!IFACE` for every interface but that one.",
+        "out_interface": _OUT_INTERFACE,
     }),
     ModelDoc(t.Dnat, f"{_NODE}.nat[].dnat", "Destination NAT: a published port.", {
         "destination": "Only traffic to this address or network. Unset: any destination.",
-        "in_interface": "Only traffic arriving by this interface; `!IFACE` for every interface but that one.",
+        "in_interface": _IN_INTERFACE,
         "protocol": "`tcp` or `udp`.",
         "port": "The destination port to translate.",
         "to": "Where connections go: `IP` (port unchanged), `IP:PORT` or `[IPv6]:PORT`.",

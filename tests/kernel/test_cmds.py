@@ -7,15 +7,17 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import time
 
 import pytest
 import yaml
 
-from .conftest import MANIFESTS, ROOT, cnetctl, ip, netns_list, run
+from .conftest import MANIFESTS, ROOT, cnetctl, default_signals, ip, netns_list, run
 
 GENERATED = {
     "bridge-3": ["bridge", "--pods", "3", "--name", "gbr"],
@@ -97,6 +99,60 @@ def test_try_applies_verifies_and_destroys_elsewhere(tmp_path, clean_world):
     bad.write_text("apiVersion: cnetctl/v1\nname: Bad\nnodes: {}\n")
     res = cnetctl("try", str(bad))
     assert res.returncode == 2 and "bad.yaml:2: name" in res.stderr, res.stderr
+
+
+def processes_naming(text: str, timeout: float = 10.0) -> list[str]:
+    """The processes whose command line names `text`, once none are left or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for cmdline in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{cmdline}/cmdline", "rb") as f:
+                    argv = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, NotADirectoryError):
+                continue
+            if text in argv and cmdline.isdigit() and int(cmdline) != os.getpid():
+                found.append(f"{cmdline}: {argv[:120]}")
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_try_interrupted_or_killed_mid_apply_leaves_nothing(sig, tmp_path, clean_world):
+    """Ctrl-C (SIGINT to the process group), SIGTERM to `try`, or SIGKILL to `try` while it applies: it
+    exits as apply would (130, 143, killed), every process of its world ends with it, and nothing of the
+    world stays here (no namespace, no state file; after SIGKILL at most its empty temporary directory)."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    files_before = sorted(os.listdir(state_dir))
+    doc = {"apiVersion": "cnetctl/v1", "name": "trysig", "nodes": {f"n{i}": {} for i in range(80)}}
+    manifest = tmp_path / "trysig.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    tmp = tmp_path / "tmp"   # the world's temporary files, and a name its processes carry
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cnetctl", "try", str(manifest)], cwd=ROOT,
+                            preexec_fn=default_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "TMPDIR": str(tmp)})
+    assert proc.stdout is not None
+    while not proc.stdout.readline().startswith("+ netns trysig-"):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    proc.wait(timeout=60)   # a hang fails here
+    # At once, not when the world's work is done: what holds the pipes is gone as well.
+    assert processes_naming(str(tmp_path), timeout=3) == []
+    err = proc.communicate(timeout=10)[1]
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[sig], err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert netns_list() == [] and sorted(os.listdir(state_dir)) == files_before
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    if sig == signal.SIGKILL:
+        assert not [p for p in tmp.rglob("*.json")], left
+    else:
+        assert left == []
 
 
 def test_destroy_all_finds_every_topology_by_state_file_and_by_label(tmp_path, clean_world):

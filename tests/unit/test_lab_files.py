@@ -19,6 +19,7 @@ from cnetctl.cli import app
 from tests.conftest import ROOT
 
 VAGRANTFILES = [ROOT / "vagrant" / "Vagrantfile", ROOT / "vagrant" / "two-vm" / "Vagrantfile"]
+VM_BASE = ROOT / "vagrant" / "cnetctl_vm.rb"   # what both Vagrantfiles' VMs share
 WORKFLOW = ROOT / ".github" / "workflows" / "cnetctl-lab.yml"
 ANSIBLE = ROOT / "deploy" / "ansible"
 
@@ -33,7 +34,8 @@ def vagrant(where: Path, tmp_path: Path, *args: str, env: dict[str, str] | None 
     return subprocess.run(["vagrant", *args], cwd=where, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("vagrantfile", VAGRANTFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("vagrantfile", [*VAGRANTFILES, VM_BASE],
+                         ids=lambda p: p.parent.name if p.name == "Vagrantfile" else p.name)
 def test_vagrantfile_is_valid_ruby(vagrantfile: Path) -> None:
     if shutil.which("ruby") is None:
         pytest.skip("ruby is not installed")
@@ -69,7 +71,8 @@ def test_the_two_vms_are_the_manifests_hosts(tmp_path: Path) -> None:
 
 def test_what_the_vagrantfiles_run_exists() -> None:
     lab = VAGRANTFILES[0].read_text()
-    assert 'config.vm.box = "debian/bookworm64"' in lab
+    assert 'config.vm.box = "debian/bookworm64"' in VM_BASE.read_text()
+    assert all('require_relative "' in v.read_text() and "cnetctl_vm(config, " in v.read_text() for v in VAGRANTFILES)
     assert "make -C /cnetctl demo VENV=/opt/cnetctl" in lab
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^VENV\s*\?=", makefile, re.M)
