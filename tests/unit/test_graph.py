@@ -75,8 +75,11 @@ def test_every_manifest_draws_every_node_link_and_address(path):
     topo = desired.topology
     g = parse_mermaid(drawn(path))
     labels = {d: unescape(lbl) for d, lbl in g["devices"].items()}
-    boxes = {lbl.split(":")[0]: box for box, (lbl, _) in g["boxes"].items()}
+    # With hosts:, each machine is a cluster around its nodes: those boxes are not nodes.
+    machines = {f"host {h} ({spec.address})" for h, spec in (topo.hosts or {}).items()}
+    boxes = {lbl.split(":")[0]: box for box, (lbl, _) in g["boxes"].items() if lbl not in machines}
     assert set(boxes) == set(topo.nodes)
+    assert {lbl for lbl, _ in g["boxes"].values()} >= machines
     assert len([e for e in g["edges"] if not e[3]]) == len(topo.links)
     text = "\n".join(labels.values())
     for (_, _), cidrs in desired.addresses.items():
