@@ -9,25 +9,40 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from .errors import ConflictError, KernelError, NotPermitted, UsageError
-from .kernel import Kernel
-from .kernel import links as klinks
-from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
-from .kernel.netns import Sockets, netns_path, run_in_netns
 from .load import load_topology
 from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
 from .model.topology import Topology
 from .nat_rules import forward_subnets
 from .normalize import DesiredState, normalize
-from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
-from .runner import StepHook, execute, interrupted_run
 from .state import State, TopologyLock, list_state_names, state_dir
-from .verify import CheckResult, VerifyReport, readback, run_checks
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .kernel import links as klinks
+    from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
+    from .kernel.netns import Sockets, netns_path, run_in_netns
+    from .observe import CurrentState, observe, scan_owners
+    from .runner import StepHook, execute, interrupted_run
+    from .verify import CheckResult, VerifyReport, readback, run_checks
+else:
+    # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
+    from .lazy import LazyModule, lazy_attrs
+
+    (Kernel,) = lazy_attrs("cnetctl.kernel", "Kernel")
+    klinks = LazyModule("cnetctl.kernel.links")
+    BACKENDS, backend_warnings, detect_backend, require_backend = lazy_attrs(
+        "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "require_backend")
+    Sockets, netns_path, run_in_netns = lazy_attrs("cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns")
+    observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
+    execute, interrupted_run = lazy_attrs("cnetctl.runner", "execute", "interrupted_run")
+    CheckResult, VerifyReport, readback, run_checks = lazy_attrs(
+        "cnetctl.verify", "CheckResult", "VerifyReport", "readback", "run_checks")
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
