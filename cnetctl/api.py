@@ -25,6 +25,7 @@ from .state import State, TopologyLock, list_state_names, state_dir
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .kernel import links as klinks
+    from .kernel.labels import lo_alias
     from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
     from .kernel.netns import Sockets, netns_path, run_in_netns
     from .observe import CurrentState, observe, scan_owners
@@ -39,6 +40,7 @@ else:
     BACKENDS, backend_warnings, detect_backend, require_backend = lazy_attrs(
         "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "require_backend")
     Sockets, netns_path, run_in_netns = lazy_attrs("cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns")
+    (lo_alias,) = lazy_attrs("cnetctl.kernel.labels", "lo_alias")
     observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
     execute, interrupted_run = lazy_attrs("cnetctl.runner", "execute", "interrupted_run")
     CheckResult, VerifyReport, readback, run_checks = lazy_attrs(
@@ -181,6 +183,7 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         st.save()
         if verify:
             after = _observe(desired, desired.name, st, sockets)
+            sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
             result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets))
         return result
 
@@ -201,6 +204,7 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
             return VerifyReport(desired.name, [CheckResult(
                 "readback", False, f"topology {desired.name} is not applied (nothing of it is live): "
                 f"run `cnetctl apply {file}` first", {"applied": False})])
+        sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
         return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))
 
 
@@ -328,7 +332,7 @@ def status(name: str | None = None, directory: str | None = None) -> list[Topolo
     with Sockets() as sockets:
         owners = scan_owners(sockets)
         names = set(list_state_names(directory)) | {o for o in owners.values() if o}
-        names |= {owner for link in klinks.dump_links(sockets.get(None))
+        names |= {owner for link in klinks.dump_links(sockets.nl(None))
                   if (owner := owner_of(link.alias)) is not None}
         if name is not None:
             if name not in names:
@@ -353,8 +357,7 @@ def node_netns(name: str, node: str, directory: str | None = None) -> str | None
     if not os.path.exists(netns_path(ns)):
         raise UsageError(f"topology {name} has no node {node} (no netns {ns})")
     with Sockets() as sockets:
-        lo = sockets.get(ns).link("get", index=1)[0]
-        if lo.get("ifalias") != owner_label(name):
+        if lo_alias(sockets, ns) != owner_label(name):
             raise UsageError(f"netns {ns} is not owned by topology {name}")
     return ns
 
