@@ -217,7 +217,8 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
     lock = TopologyLock(name, directory, lock_timeout)
     with lock, host_lock(directory, lock_timeout), Sockets() as sockets:
         st = State.load(name, directory)
-        current = observe(name, st, sockets)
+        # What lives in the namespaces goes with them: only the namespaces and the host are read.
+        current = observe(name, st, sockets, inside=False)
         the_plan = plan([], current.resources, collapse_netns=True)
         if on_plan:
             on_plan(the_plan, [f"skipped {c}; left it untouched" for c in current.conflicts])

@@ -57,7 +57,11 @@ def scan_owners(sockets: Sockets) -> dict[str, str | None]:
     return owners
 
 
-def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | None = None) -> CurrentState:
+def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | None = None, *,
+            inside: bool = True) -> CurrentState:
+    """What topology `name` owns. inside=False (destroy): of its namespaces only the namespaces
+    themselves (all they hold goes with them), the host's veth ends still told by the namespace
+    their peer is in."""
     cur = CurrentState()
     owners = scan_owners(sockets)
     owned = [ns for ns, owner in owners.items() if owner == name]
@@ -73,12 +77,33 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                           if ns in owners and is_stale_mountpoint(ns)]
     scope = _Scope(name, state, wanted, desired is not None)
     live_links: dict[str | None, list[klinks.LiveLink]] = {}
-    no_firewall = knat.firewall_empty(owned)
-    for ns in [None, *owned]:
+    no_firewall = knat.firewall_empty(owned) if inside else set()
+    for ns in [None, *owned] if inside else [None]:
         live_links[ns] = _observe_ns(cur, sockets.nl(ns), ns, scope, firewall=ns not in no_firewall)
     _pair_veths(cur, live_links, sockets)
-    _observe_sysctls(cur, state, wanted, owned)
+    if not inside:
+        _peer_namespaces(cur, live_links[None], owned, sockets)
+    _observe_sysctls(cur, state, wanted, owned if inside else [])
     return cur
+
+
+def _peer_namespaces(cur: CurrentState, host: list[klinks.LiveLink], owned: list[str], sockets: Sockets) -> None:
+    """The namespace of each host veth end's peer among `owned` (by IFLA_LINK_NETNSID and the
+    host's ids of those namespaces), for veths _pair_veths left unpaired: their peer's side
+    was not read."""
+    by_name = {link.ifname: link for link in host}
+    ids: dict[int, str | None] | None = None
+    out: list[Resource] = []
+    for r in cur.resources:
+        me = by_name.get(r.ifname) if isinstance(r, Link) and r.ns is None and r.kind == "veth" else None
+        if isinstance(r, Link) and me is not None and me.peer_netnsid is not None and \
+                (not isinstance(r.spec, VethSpec) or r.spec.peer_ifname is None):
+            if ids is None:
+                ids = klinks.netns_ids(sockets.nl(None), {ns: netns_path(ns) for ns in owned})
+            if me.peer_netnsid in ids:
+                r = replace(r, spec=VethSpec(ids[me.peer_netnsid], None))
+        out.append(r)
+    cur.resources = out
 
 
 def _netns_conflicts(cur: CurrentState, owners: dict[str, str | None], wanted: dict[Key, Resource],
