@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .kernel.netns import Sockets, netns_path, run_in_netns
     from .observe import CurrentState, observe, scan_owners
     from .runner import StepHook, execute, interrupted_run
-    from .verify import CheckResult, VerifyReport, readback, run_checks
+    from .verify import CheckResult, VerifyReport, checks_started, readback, run_checks
 else:
     # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
     from .lazy import LazyModule, lazy_attrs
@@ -43,8 +43,8 @@ else:
     (lo_alias,) = lazy_attrs("cnetctl.kernel.labels", "lo_alias")
     observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
     execute, interrupted_run = lazy_attrs("cnetctl.runner", "execute", "interrupted_run")
-    CheckResult, VerifyReport, readback, run_checks = lazy_attrs(
-        "cnetctl.verify", "CheckResult", "VerifyReport", "readback", "run_checks")
+    CheckResult, VerifyReport, checks_started, readback, run_checks = lazy_attrs(
+        "cnetctl.verify", "CheckResult", "VerifyReport", "checks_started", "readback", "run_checks")
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
@@ -88,9 +88,7 @@ class ApplyResult:
 def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -> CurrentState:
     """What is live, with the desired state completed by what only the kernel can tell:
     where another tool's FORWARD policy DROP lives (settings.forward: accept goes there)."""
-    backends = {r.backend for r in desired.resources if isinstance(r, Nat)}
-    for backend in sorted(backends):
-        require_backend(backend)  # a missing library: exit 2 naming what to install, before any change
+    backends = _require_backends(desired)
     current = observe(name, state, sockets, desired)
     desired.resources = [r for r in desired.resources if not isinstance(r, ForwardAccept)]
     desired.warnings = backend_warnings(backends)
@@ -182,10 +180,27 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         st.nat_backend = desired.nat_backend
         st.save()
         if verify:
-            after = _observe(desired, desired.name, st, sockets)
-            sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
-            result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets))
+            result.report = _verified(desired, st, sockets)
         return result
+
+
+def _verified(desired: DesiredState, st: State, sockets: Sockets) -> VerifyReport:
+    """The read-back and the checks of an applied topology: the checks' packets go out first,
+    the read-back is taken while they are in flight (most checks wait for replies; an
+    `unreachable` one waits out its whole timeout)."""
+    sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
+    with checks_started(desired, sockets) as results:
+        found = readback(desired, _observe(desired, desired.name, st, sockets))
+        return VerifyReport(desired.name, found + results())
+
+
+def _require_backends(desired: DesiredState) -> set[str]:
+    """The NAT backends the desired state uses; a missing library is a usage error (exit 2,
+    naming what to install), found before anything is changed or sent."""
+    backends = {r.backend for r in desired.resources if isinstance(r, Nat)}
+    for backend in sorted(backends):
+        require_backend(backend)
+    return backends
 
 
 def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
@@ -199,12 +214,15 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
     desired = normalize(topo, src, resolve_nat_backend(topo, nat_backend or st.nat_backend))
     require_root()
     with Sockets() as sockets:
+        if st.exists:
+            _require_backends(desired)
+            return _verified(desired, st, sockets)
         current = _observe(desired, desired.name, st, sockets)
-        if not st.exists and not current.resources:
+        if not current.resources:   # no packet is sent for a topology that is not there
             return VerifyReport(desired.name, [CheckResult(
                 "readback", False, f"topology {desired.name} is not applied (nothing of it is live): "
                 f"run `cnetctl apply {file}` first", {"applied": False})])
-        sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
+        sockets.make_room(2 * len(desired.nodes))
         return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets))
 
 
@@ -228,7 +246,11 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
                 before_step=before_step)
         for ns in current.owned_netns:
             st.forget_netns(ns)
-        _wait_until_gone(name, st, sockets, kernel, before_step=before_step)
+        deleted = {a.resource.key for a in the_plan.actions}
+        # The host's ends of veths into the deleted namespaces: the kernel removes them later.
+        going = [r.ifname for r in current.resources
+                 if isinstance(r, Link) and r.ns is None and r.owned and r.key not in deleted]
+        _wait_until_gone(name, st, sockets, kernel, going, before_step=before_step)
         st.remove()
         lock.remove_on_exit = True   # nothing is left to lock: no <name>.lock stays behind
         return the_plan
@@ -244,11 +266,14 @@ def journal_path(name: str, directory: str) -> str:
     return os.path.join(directory, f"{name}.journal")
 
 
-def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0,
-                     before_step: StepHook | None = None) -> None:
+def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, going: list[str],
+                     timeout: float = 10.0, before_step: StepHook | None = None) -> None:
     """The kernel tears a deleted namespace down asynchronously: veth peers outside it
-    vanish some milliseconds later. Wait for that, and delete by hand what lingers."""
+    vanish some milliseconds to a second later. Wait for that (for the host interfaces
+    `going`, told by the kernel's notifications), check that nothing of the topology is
+    left, and delete by hand what lingers."""
     deadline = time.monotonic() + timeout
+    klinks.wait_links_gone(going, deadline)
     delay = 0.005
     while True:
         left = observe(name, st, sockets).resources

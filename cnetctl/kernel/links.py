@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import socket
+import time
+from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -294,3 +299,31 @@ def delete_link(nl: Rtnl, ifname: str) -> None:
     except NetlinkError as err:
         if not is_errno(err, errno.ENODEV):
             raise
+
+
+def wait_links_gone(ifnames: Iterable[str], deadline: float) -> bool:
+    """Until no interface named in `ifnames` is left in this process's namespace: the kernel
+    deletes a dead namespace's veth peers some milliseconds to a second later, when its
+    cleanup gets to them. Woken by the kernel's link notifications, not by polling; False
+    when `deadline` (time.monotonic()) came first."""
+    wanted = set(ifnames)
+    if not wanted:
+        return True
+    with closing(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                               socket.NETLINK_ROUTE)) as monitor, closing(Rtnl(rtnl.new_socket())) as nl:
+        monitor.bind((0, rtnl.RTMGRP_LINK))
+        # Asked after subscribing: what went before is not there, what goes after is notified.
+        left = {name for name in wanted if lookup_index(nl, name) is not None}
+        while left:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or not select.select([monitor], [], [], timeout)[0]:
+                return False
+            try:
+                data = monitor.recv(rtnl.RECV_SIZE)
+            except OSError:   # ENOBUFS: notifications were lost, so ask again
+                left = {name for name in left if lookup_index(nl, name) is not None}
+                continue
+            for mtype, msg in rtnl.messages(data):
+                if mtype == rtnl.RTM_DELLINK:
+                    left.discard(rtnl.text(rtnl.attrs(msg, rtnl.IFINFO.size).get(rtnl.IFLA_IFNAME)) or "")
+    return True

@@ -34,7 +34,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_GETNEIGH = 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 RTM_GETNSID = 90
-RTNLGRP_LINK = 1
+RTMGRP_LINK = 0x1   # the link notifications' multicast group, as a bind() mask
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 18, 20, 28, 37
@@ -123,6 +123,19 @@ def ip_text(value: bytes | None) -> str | None:
 
 def mac_text(value: bytes | None) -> str | None:
     return ":".join(f"{b:02x}" for b in value) if value is not None else None
+
+
+def messages(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of each netlink message in one datagram."""
+    out = []
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, mtype, _, _, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            break
+        out.append((mtype, data[offset + HEADER.size:offset + length]))
+        offset += (length + 3) & ~3
+    return out
 
 
 # --- the socket ------------------------------------------------------------------------------------
