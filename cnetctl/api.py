@@ -13,12 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from .errors import ConflictError, KernelError, NotPermitted, UsageError
-from .load import load_topology
 from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
-from .model.topology import Topology
 from .nat_rules import forward_subnets
-from .normalize import DesiredState, normalize
 from .plan import Action, Plan, plan
 from .state import State, TopologyLock, list_state_names, state_dir
 
@@ -28,6 +25,9 @@ if TYPE_CHECKING:
     from .kernel.labels import lo_alias
     from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
     from .kernel.netns import Sockets, netns_path, run_in_netns
+    from .load import load_topology
+    from .model.topology import Topology
+    from .normalize import DesiredState, normalize
     from .observe import CurrentState, observe, scan_owners
     from .runner import StepHook, execute, interrupted_run
     from .verify import CheckResult, VerifyReport, checks_started, readback, run_checks
@@ -35,6 +35,9 @@ else:
     # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
     from .lazy import LazyModule, lazy_attrs
 
+    # Reading a manifest (the YAML parsers, normalize) neither: destroy, status and exec need no file.
+    (load_topology,) = lazy_attrs("cnetctl.load", "load_topology")
+    (normalize,) = lazy_attrs("cnetctl.normalize", "normalize")
     (Kernel,) = lazy_attrs("cnetctl.kernel", "Kernel")
     klinks = LazyModule("cnetctl.kernel.links")
     BACKENDS, backend_warnings, detect_backend, require_backend = lazy_attrs(

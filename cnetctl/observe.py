@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from .kernel import links as klinks
@@ -21,8 +22,10 @@ from .kernel.rtnl import Rtnl
 from .kernel.sysctl import read_sysctl
 from .model.linkkinds import VethSpec, VxlanSpec
 from .model.resources import Address, Fdb, ForwardAccept, Key, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
-from .normalize import DesiredState
 from .state import State, other_host_owners
+
+if TYPE_CHECKING:
+    from .normalize import DesiredState
 
 RTPROT_KERNEL = 2      # routes the kernel adds for a configured address (connected subnets)
 MAIN_TABLE = 254
