@@ -8,6 +8,10 @@ RTPROT_CNETCTL = 147
 
 OWNER_PREFIX = "cnetctl:"
 
+# Where state files and locks live (--state-dir, CNETCTL_STATE_DIR override it). Here, not in
+# state.py, so that the CLI shows it in --help without importing the models.
+DEFAULT_STATE_DIR = "/var/lib/cnetctl"
+
 
 def owner_label(topology: str) -> str:
     """The ifalias carried by every interface (and netns `lo`) a topology owns."""

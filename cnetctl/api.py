@@ -9,27 +9,49 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from . import hosts as hostslib
 from .errors import CnetctlError, ConflictError, Interrupted, KernelError, NotPermitted, UsageError
-from .kernel import Kernel
-from .kernel import links as klinks
-from .kernel.addresses import dump_addresses
-from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
-from .kernel.netns import Sockets, netns_path, run_in_netns
-from .load import load_topology
 from .model.linkkinds import VethSpec
 from .model.resources import Address, ForwardAccept, Link, Nat, Netns, Resource, Route
-from .model.topology import Topology, is_topology_name
 from .nat_rules import forward_subnets
-from .normalize import DesiredState, normalize
-from .observe import CurrentState, observe, scan_owners
 from .plan import Action, Plan, plan
-from .runner import StepHook, execute, interrupted_run
 from .state import State, TopologyLock, list_state_names, state_dir
-from .verify import CheckResult, VerifyReport, readback, run_checks
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .kernel import links as klinks
+    from .kernel.addresses import dump_addresses
+    from .kernel.labels import lo_alias
+    from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
+    from .kernel.netns import Sockets, netns_path, run_in_netns
+    from .load import load_topology
+    from .model.topology import Topology, is_topology_name
+    from .normalize import DesiredState, normalize
+    from .observe import CurrentState, observe, scan_owners
+    from .runner import StepHook, execute, interrupted_run
+    from .verify import CheckResult, VerifyReport, checks_started, readback, run_checks
+else:
+    # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
+    from .lazy import LazyModule, lazy_attrs
+
+    # Reading a manifest (the YAML parsers, normalize) neither: destroy, status and exec need no file.
+    (load_topology,) = lazy_attrs("cnetctl.load", "load_topology")
+    (normalize,) = lazy_attrs("cnetctl.normalize", "normalize")
+    (Kernel,) = lazy_attrs("cnetctl.kernel", "Kernel")
+    klinks = LazyModule("cnetctl.kernel.links")
+    BACKENDS, backend_warnings, detect_backend, require_backend = lazy_attrs(
+        "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "require_backend")
+    Sockets, netns_path, run_in_netns = lazy_attrs("cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns")
+    (lo_alias,) = lazy_attrs("cnetctl.kernel.labels", "lo_alias")
+    (dump_addresses,) = lazy_attrs("cnetctl.kernel.addresses", "dump_addresses")
+    (is_topology_name,) = lazy_attrs("cnetctl.model.topology", "is_topology_name")
+    observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
+    execute, interrupted_run = lazy_attrs("cnetctl.runner", "execute", "interrupted_run")
+    CheckResult, VerifyReport, checks_started, readback, run_checks = lazy_attrs(
+        "cnetctl.verify", "CheckResult", "VerifyReport", "checks_started", "readback", "run_checks")
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 Progress = Callable[[str, Action], None]   # phase ("apply" | "undo"), action
@@ -73,9 +95,7 @@ class ApplyResult:
 def _observe(desired: DesiredState, name: str, state: State, sockets: Sockets) -> CurrentState:
     """What is live, with the desired state completed by what only the kernel can tell:
     where another tool's FORWARD policy DROP lives (settings.forward: accept goes there)."""
-    backends = {r.backend for r in desired.resources if isinstance(r, Nat)}
-    for backend in sorted(backends):
-        require_backend(backend)  # a missing library: exit 2 naming what to install, before any change
+    backends = _require_backends(desired)
     current = observe(name, state, sockets, desired)
     desired.resources = [r for r in desired.resources if not isinstance(r, ForwardAccept)]
     desired.warnings = backend_warnings(backends)
@@ -119,7 +139,7 @@ def _load(file: str, directory: str, flag: str | None, host: str | None = None) 
 def local_addresses() -> set[str]:
     """The addresses configured in the namespace cnetctl runs in (this machine's)."""
     with Sockets() as sockets:
-        return {cidr.split("/")[0] for _, cidr in dump_addresses(sockets.get(None))}
+        return {cidr.split("/")[0] for _, cidr in dump_addresses(sockets.nl(None))}
 
 
 def which_host(topo: Topology, host: str | None) -> str | None:
@@ -217,10 +237,27 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
         st.nat_backend, st.host = desired.nat_backend, desired.host
         st.save()
         if verify:
-            after = _observe(desired, desired.name, st, sockets)
-            result.report = VerifyReport(desired.name, readback(desired, after) + run_checks(desired, sockets),
-                                         desired.host)
+            result.report = _verified(desired, st, sockets)
         return result
+
+
+def _verified(desired: DesiredState, st: State, sockets: Sockets) -> VerifyReport:
+    """The read-back and the checks of an applied topology: the checks' packets go out first,
+    the read-back is taken while they are in flight (most checks wait for replies; an
+    `unreachable` one waits out its whole timeout)."""
+    sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
+    with checks_started(desired, sockets) as results:
+        found = readback(desired, _observe(desired, desired.name, st, sockets))
+        return VerifyReport(desired.name, found + results(), desired.host)
+
+
+def _require_backends(desired: DesiredState) -> set[str]:
+    """The NAT backends the desired state uses; a missing library is a usage error (exit 2,
+    naming what to install), found before anything is changed or sent."""
+    backends = {r.backend for r in desired.resources if isinstance(r, Nat)}
+    for backend in sorted(backends):
+        require_backend(backend)
+    return backends
 
 
 def _owns_anything(name: str, st: State, sockets: Sockets) -> bool:
@@ -237,11 +274,15 @@ def verify(file: str, directory: str | None = None, nat_backend: str | None = No
     require_root()
     _same_slice(st, desired.host)
     with Sockets() as sockets:
+        if st.exists:
+            _require_backends(desired)
+            return _verified(desired, st, sockets)
         current = _observe(desired, desired.name, st, sockets)
-        if not st.exists and not current.resources:
+        if not current.resources:   # no packet is sent for a topology that is not there
             return VerifyReport(desired.name, [CheckResult(
                 "readback", False, f"topology {desired.name} is not applied (nothing of it is live): "
                 f"run `cnetctl apply {file}` first", {"applied": False})], desired.host)
+        sockets.make_room(2 * len(desired.nodes))
         return VerifyReport(desired.name, readback(desired, current) + run_checks(desired, sockets), desired.host)
 
 
@@ -256,7 +297,8 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
     with lock, host_lock(directory, lock_timeout), Sockets() as sockets:
         st = State.load(name, directory)
         _same_slice(st, host)
-        current = observe(name, st, sockets)
+        # What lives in the namespaces goes with them: only the namespaces and the host are read.
+        current = observe(name, st, sockets, inside=False)
         the_plan = plan([], current.resources, collapse_netns=True)
         if on_plan:
             on_plan(the_plan, [f"skipped {c}; left it untouched" for c in current.conflicts])
@@ -266,7 +308,11 @@ def destroy(name: str, directory: str | None = None, *, lock_timeout: float = 30
                 before_step=before_step)
         for ns in current.owned_netns:
             st.forget_netns(ns)
-        _wait_until_gone(name, st, sockets, kernel, before_step=before_step)
+        deleted = {a.resource.key for a in the_plan.actions}
+        # The host's ends of veths into the deleted namespaces: the kernel removes them later.
+        going = [r.ifname for r in current.resources
+                 if isinstance(r, Link) and r.ns is None and r.owned and r.key not in deleted]
+        _wait_until_gone(name, st, sockets, kernel, going, before_step=before_step)
         st.remove()
         lock.remove_on_exit = True   # nothing is left to lock: no <name>.lock stays behind
         return the_plan
@@ -282,11 +328,14 @@ def journal_path(name: str, directory: str) -> str:
     return os.path.join(directory, f"{name}.journal")
 
 
-def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, timeout: float = 10.0,
-                     before_step: StepHook | None = None) -> None:
+def _wait_until_gone(name: str, st: State, sockets: Sockets, kernel: Kernel, going: list[str],
+                     timeout: float = 10.0, before_step: StepHook | None = None) -> None:
     """The kernel tears a deleted namespace down asynchronously: veth peers outside it
-    vanish some milliseconds later. Wait for that, and delete by hand what lingers."""
+    vanish some milliseconds to a second later. Wait for that (for the host interfaces
+    `going`, told by the kernel's notifications), check that nothing of the topology is
+    left, and delete by hand what lingers."""
     deadline = time.monotonic() + timeout
+    klinks.wait_links_gone(going, deadline)
     delay = 0.005
     while True:
         left = observe(name, st, sockets).resources
@@ -401,7 +450,8 @@ def owned_names(directory: str, sockets: Sockets) -> set[str]:
     labelled link in the host namespace (what a lost state file leaves is still found)."""
     owners = scan_owners(sockets)
     names = set(list_state_names(directory)) | {o for o in owners.values() if o}
-    names |= {owner for link in klinks.dump_links(sockets.get(None)) if (owner := owner_of(link.alias)) is not None}
+    names |= {owner for link in klinks.dump_links(sockets.nl(None))
+              if (owner := owner_of(link.alias)) is not None}
     return names
 
 
@@ -452,8 +502,7 @@ def node_netns(name: str, node: str, directory: str | None = None) -> str | None
     if not os.path.exists(netns_path(ns)):
         raise UsageError(f"topology {name} has no node {node} (no netns {ns})")
     with Sockets() as sockets:
-        lo = sockets.get(ns).link("get", index=1)[0]
-        if lo.get("ifalias") != owner_label(name):
+        if lo_alias(sockets, ns) != owner_label(name):
             raise UsageError(f"netns {ns} is not owned by topology {name}")
     return ns
 

@@ -7,16 +7,37 @@ import enum
 import re
 import signal
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__, api
+from . import DEFAULT_STATE_DIR, __version__
 from .errors import CnetctlError, TopologyError, UsageError
-from .faults import hook_from_env
-from .render import ActionProgress, console, err_console, plan_json, print_json, print_plan, print_report, print_status
-from .state import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:
+    from . import api
+    from .faults import hook_from_env
+    from .render import (
+        ActionProgress,
+        console,
+        err_console,
+        plan_json,
+        print_json,
+        print_plan,
+        print_report,
+        print_status,
+    )
+else:
+    # Imported at first use (cnetctl/lazy.py): --help, validate and schema start without
+    # pyroute2, the kernel/plan/verify code and rich's renderers.
+    from .lazy import LazyAttr, LazyModule
+
+    api = LazyModule("cnetctl.api")
+    hook_from_env = LazyAttr("cnetctl.faults", "hook_from_env")
+    ActionProgress, console, err_console, plan_json, print_json, print_plan, print_report, print_status = (
+        LazyAttr("cnetctl.render", name) for name in ("ActionProgress", "console", "err_console", "plan_json",
+                                                      "print_json", "print_plan", "print_report", "print_status"))
 
 
 def _flags_take_no_value(params: list[Any]) -> list[Any]:

@@ -7,9 +7,8 @@ by something that is not this topology's.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import RTPROT_CNETCTL, owner_label, owner_of
 from .kernel import links as klinks
@@ -19,11 +18,14 @@ from .kernel.addresses import dump_addresses
 from .kernel.labels import lo_alias
 from .kernel.linkkinds import KERNEL_LINK_KINDS
 from .kernel.netns import Sockets, is_stale_mountpoint, list_netns, netns_path
+from .kernel.rtnl import Rtnl
 from .kernel.sysctl import read_sysctl
 from .model.linkkinds import VethSpec, VxlanSpec
 from .model.resources import Address, Fdb, ForwardAccept, Key, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
-from .normalize import DesiredState
 from .state import State, other_host_owners
+
+if TYPE_CHECKING:
+    from .normalize import DesiredState
 
 RTPROT_KERNEL = 2      # routes the kernel adds for a configured address (connected subnets)
 MAIN_TABLE = 254
@@ -49,14 +51,20 @@ def netns_owner(sockets: Sockets, ns: str) -> str | None:
 def scan_owners(sockets: Sockets) -> dict[str, str | None]:
     """Every named netns -> its owning topology (None when not cnetctl's)."""
     owners = {}
-    for ns in list_netns():
+    namespaces = list_netns()
+    sockets.open_many(namespaces)   # all in one thread, not one each
+    for ns in namespaces:
         owners[ns] = netns_owner(sockets, ns)
         if owners[ns] is None:
             sockets.close(ns)
     return owners
 
 
-def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | None = None) -> CurrentState:
+def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | None = None, *,
+            inside: bool = True) -> CurrentState:
+    """What topology `name` owns. inside=False (destroy): of its namespaces only the namespaces
+    themselves (all they hold goes with them), the host's veth ends still told by the namespace
+    their peer is in."""
     cur = CurrentState()
     owners = scan_owners(sockets)
     owned = [ns for ns, owner in owners.items() if owner == name]
@@ -72,11 +80,33 @@ def observe(name: str, state: State, sockets: Sockets, desired: DesiredState | N
                           if ns in owners and is_stale_mountpoint(ns)]
     scope = _Scope(name, state, wanted, desired is not None)
     live_links: dict[str | None, list[klinks.LiveLink]] = {}
-    for ns in [None, *owned]:
-        live_links[ns] = _observe_ns(cur, sockets.get(ns), ns, scope)
+    no_firewall = knat.firewall_empty(owned) if inside else set()
+    for ns in [None, *owned] if inside else [None]:
+        live_links[ns] = _observe_ns(cur, sockets.nl(ns), ns, scope, firewall=ns not in no_firewall)
     _pair_veths(cur, live_links, sockets)
-    _observe_sysctls(cur, state, wanted, owned)
+    if not inside:
+        _peer_namespaces(cur, live_links[None], owned, sockets)
+    _observe_sysctls(cur, state, wanted, owned if inside else [])
     return cur
+
+
+def _peer_namespaces(cur: CurrentState, host: list[klinks.LiveLink], owned: list[str], sockets: Sockets) -> None:
+    """The namespace of each host veth end's peer among `owned` (by IFLA_LINK_NETNSID and the
+    host's ids of those namespaces), for veths _pair_veths left unpaired: their peer's side
+    was not read."""
+    by_name = {link.ifname: link for link in host}
+    ids: dict[int, str | None] | None = None
+    out: list[Resource] = []
+    for r in cur.resources:
+        me = by_name.get(r.ifname) if isinstance(r, Link) and r.ns is None and r.kind == "veth" else None
+        if isinstance(r, Link) and me is not None and me.peer_netnsid is not None and \
+                (not isinstance(r.spec, VethSpec) or r.spec.peer_ifname is None):
+            if ids is None:
+                ids = klinks.netns_ids(sockets.nl(None), {ns: netns_path(ns) for ns in owned})
+            if me.peer_netnsid in ids:
+                r = replace(r, spec=VethSpec(ids[me.peer_netnsid], None))
+        out.append(r)
+    cur.resources = out
 
 
 def _netns_conflicts(cur: CurrentState, owners: dict[str, str | None], wanted: dict[Key, Resource],
@@ -103,41 +133,53 @@ class _Scope:
         self.declared_devices = {r.ifname for r in wanted.values() if isinstance(r, Link) and r.ns is None
                                  and r.kind == "device"}
         self.others = other_host_owners(state) if planning else {}
+        self.wanted_routes: dict[str | None, list[Route]] = {}
+        for r in wanted.values():
+            if isinstance(r, Route):
+                self.wanted_routes.setdefault(r.ns, []).append(r)
 
 
-def _observe_ns(cur: CurrentState, ipr: Any, ns: str | None, scope: _Scope) -> list[klinks.LiveLink]:
-    live = klinks.dump_links(ipr)
+def _observe_ns(cur: CurrentState, nl: Rtnl, ns: str | None, scope: _Scope, firewall: bool = True
+                ) -> list[klinks.LiveLink]:
+    """What is ours in `ns`: one dump per object kind (links, addresses, routes and rules per family);
+    NAT and forward rules unless `ns` has no firewall table at all (`firewall` False)."""
+    live = klinks.dump_links(nl)
     names = {link.index: link.ifname for link in live}
     mine = {link.index for link in live if link.alias == scope.label}
-    _observe_links(cur, ipr, ns, live, mine, scope)
+    _observe_links(cur, nl, ns, live, mine, scope)
     my_devs = {names[i] for i in mine}
-    for route in kroutes.dump_routes(ipr, ns, names):
-        if ns is not None or route.key in scope.host_keys or (route.dev and route.dev in my_devs):
-            cur.resources.append(route)
-    for rule in kroutes.dump_rules(ipr, ns):
+    live_routes = kroutes.live_routes(nl)
+    ours = [route for route in kroutes.dump_routes(nl, ns, names, live=live_routes)
+            if ns is not None or route.key in scope.host_keys or (route.dev and route.dev in my_devs)]
+    cur.resources += ours
+    rules = kroutes.dump_rules(nl, ns)
+    for rule in rules:
         if ns is not None or rule.key in scope.host_keys:
             cur.resources.append(rule)
     if scope.planning:
-        routes = _all_routes(ipr, ns, names)
-        _route_conflicts(cur, ns, scope, routes)
+        routes = _all_routes(live_routes, ns, names)
+        _route_conflicts(cur, ns, scope, routes, {r.key for r in ours})
         if ns is None:
-            _rule_conflicts(cur, ipr, scope)
+            _rule_conflicts(cur, rules, scope)
             _overlap_conflicts(cur, live, scope, routes)
             _host_record_conflicts(cur, scope)
-    _observe_nat(cur, scope.name, scope.label, ns, with_drops=scope.planning)
+    if firewall:
+        _observe_nat(cur, scope.name, scope.label, ns, with_drops=scope.planning)
+    elif scope.planning:
+        cur.forward_drops[ns] = []
     return live
 
 
-def _observe_links(cur: CurrentState, ipr: Any, ns: str | None, live: list[klinks.LiveLink], mine: set[int],
+def _observe_links(cur: CurrentState, nl: Rtnl, ns: str | None, live: list[klinks.LiveLink], mine: set[int],
                    scope: _Scope) -> None:
     by_index = {link.index: link for link in live}
     addresses_by_index: dict[int, list[str]] = {}
-    for index, cidr in dump_addresses(ipr):
+    for index, cidr in dump_addresses(nl):
         addresses_by_index.setdefault(index, []).append(cidr)
     # Static neighbours and VXLAN forwarding entries on an interface of ours are ours.
-    neighbors = klinks.dump_neighbors(ipr) if mine else {}
+    neighbors = klinks.dump_neighbors(nl) if mine else {}
     fdb_kinds = {name for name, kind in KERNEL_LINK_KINDS.items() if kind.has_fdb}
-    fdb = klinks.dump_fdb(ipr) if any(link.index in mine and link.kind in fdb_kinds for link in live) else {}
+    fdb = klinks.dump_fdb(nl) if any(link.index in mine and link.kind in fdb_kinds for link in live) else {}
     names = {link.index: link.ifname for link in live}
     for link in live:
         is_mine = link.index in mine
@@ -209,24 +251,21 @@ def klinks_kind(link: klinks.LiveLink) -> str:
     return link.kind or "device"
 
 
-def _all_routes(ipr: Any, ns: str | None, names: dict[int, str]) -> dict[Key, tuple[int, Route]]:
-    """Every route of `ns` by key -> (routing protocol, record); one dump per family."""
+def _all_routes(live: list[kroutes.LiveRoute], ns: str | None, names: dict[int, str]
+                ) -> dict[Key, tuple[int, Route]]:
+    """Every route of `ns` by key -> (routing protocol, record)."""
     out: dict[Key, tuple[int, Route]] = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.route("dump", family=family):
-            oif = msg.get("oif")
-            r = Route(ns, family, msg.get("table") or msg["table"], kroutes._dst(msg, family),
-                      msg.get("priority") or 0, via=msg.get("gateway"), dev=names.get(oif) if oif else None,
-                      scope=msg["scope"])
-            out[r.key] = (msg["proto"], r)
+    for msg in live:
+        r = Route(ns, msg.family, msg.table, msg.dst, msg.metric, via=msg.via,
+                  dev=names.get(msg.oif) if msg.oif else None, scope=msg.scope)
+        out[r.key] = (msg.proto, r)
     return out
 
 
 def _route_conflicts(cur: CurrentState, ns: str | None, scope: _Scope,
-                     live: dict[Key, tuple[int, Route]]) -> None:
-    ours = {r.key for r in cur.resources if isinstance(r, Route)}
-    for r in scope.wanted.values():
-        if not isinstance(r, Route) or r.ns != ns or r.key not in live or r.key in ours:
+                     live: dict[Key, tuple[int, Route]], ours: set[Key]) -> None:
+    for r in scope.wanted_routes.get(ns, []):
+        if r.key not in live or r.key in ours:
             continue
         proto = live[r.key][0]
         if proto != RTPROT_CNETCTL:
@@ -238,13 +277,14 @@ def _route_conflicts(cur: CurrentState, ns: str | None, scope: _Scope,
         cur.conflicts.append(f"{r.describe()}: a route with the same table, destination and metric {who}")
 
 
-def _rule_conflicts(cur: CurrentState, ipr: Any, scope: _Scope) -> None:
-    """Host rules: one with the same selectors, priority and table made by someone else."""
+def _rule_conflicts(cur: CurrentState, rules: list[Rule], scope: _Scope) -> None:
+    """Host rules: one with the same selectors, priority and table made by someone else
+    (`rules`: the host's rules of protocol 147)."""
     wanted = [r for r in scope.wanted.values() if isinstance(r, Rule) and r.ns is None and r.key not in
               scope.host_keys]
     if not wanted:
         return
-    live = {r.key for r in kroutes.dump_rules(ipr, None)}
+    live = {r.key for r in rules}
     for r in wanted:
         if r.key in live:
             who = f"topology {scope.others[r.key]}" if r.key in scope.others else \
@@ -314,7 +354,7 @@ def _veth_peer(ns: str | None, me: klinks.LiveLink, by_index: dict[int, list[tup
         return candidates[0] if candidates else (None, None)
     paths = {other_ns: ("/proc/self/ns/net" if other_ns is None else netns_path(other_ns))
              for other_ns, _ in candidates}
-    ids = klinks.netns_ids(sockets.get(ns), paths)
+    ids = klinks.netns_ids(sockets.nl(ns), paths)
     if me.peer_netnsid not in ids:
         return None, None
     want = ids[me.peer_netnsid]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -79,38 +80,94 @@ def _sort_key(res: Resource) -> tuple[int, int, str]:
 
 
 def _lives_in(res: Resource, ns: str) -> bool:
+    return _lives_in_any(res, {ns})
+
+
+def _lives_in_any(res: Resource, namespaces: set[str]) -> bool:
     if isinstance(res, Netns):
         return False
-    if res.ns == ns:
+    if res.ns in namespaces:
         return True
-    return isinstance(res, Link) and ns in res.reaches
+    return isinstance(res, Link) and any(n in namespaces for n in res.reaches)
 
 
-def _dependents(link: Link, current: Iterable[Resource]) -> list[Resource]:
-    """What the kernel removes together with `link`: what sits on it (addresses, neighbours,
-    fdb entries, routes through it) and what its kind takes along (a veth's peer)."""
-    takes_along = link.link_kind.takes_along
-    here = (link.ns, link.ifname)
-    return [r for r in current if on_link(r) == here or takes_along(link, r)]
+Place = tuple[str | None, str]   # (namespace, interface)
 
 
-def _address_dependents(addr: Address, cur: dict[Key, Resource], gone: set[Key]) -> list[Resource]:
-    """Routes the kernel drops when `addr` is deleted: those using it as source and, when it
-    was the link's last IPv4 address, every IPv4 route through that link (fib_disable_ip)."""
-    ip = ipaddress.ip_interface(addr.cidr)
-    on_link = [ipaddress.ip_interface(r.cidr) for r in cur.values()
-               if isinstance(r, Address) and (r.ns, r.ifname) == (addr.ns, addr.ifname)]
-    last_v4 = ip.version == 4 and not any(
-        a.version == 4 and Address(addr.ns, addr.ifname, str(a)).key not in gone for a in on_link)
-    out: list[Resource] = []
-    for r in cur.values():
-        if not isinstance(r, Route) or r.ns != addr.ns:
-            continue
-        through = r.dev == addr.ifname or (r.dev is None and r.via is not None and any(
-            ipaddress.ip_address(r.via) in a.network for a in on_link if a.version == ip.version))
-        if r.src == str(ip.ip) or (last_v4 and r.family == socket.AF_INET and through):
-            out.append(r)
-    return out
+class _Index:
+    """The current resources, looked up the ways the closure below asks (a scan of all of them
+    for each deleted object made a 250-pod destroy cost seconds of planning)."""
+
+    def __init__(self, cur: dict[Key, Resource]):
+        self.on: dict[Place, list[Resource]] = defaultdict(list)        # what sits on an interface
+        self.links: dict[tuple[str | None, str | None], Link] = {}
+        self.in_ns: dict[str | None, dict[Key, Resource]] = defaultdict(dict)  # what lives in a namespace
+        self.routes: dict[str | None, list[Route]] = defaultdict(list)
+        self.addresses: dict[Place, list[Address]] = defaultdict(list)
+        for r in cur.values():
+            place = on_link(r)
+            if place is not None:
+                self.on[place].append(r)
+            if isinstance(r, Netns):
+                continue
+            self.in_ns[r.ns][r.key] = r
+            if isinstance(r, Link):
+                self.links[(r.ns, r.ifname)] = r
+                for other in r.reaches:
+                    self.in_ns[other][r.key] = r
+            elif isinstance(r, Route):
+                self.routes[r.ns].append(r)
+            elif isinstance(r, Address):
+                self.addresses[(r.ns, r.ifname)].append(r)
+
+    def dependents(self, link: Link) -> list[Resource]:
+        """What the kernel removes together with `link`: what sits on it (addresses, neighbours,
+        fdb entries, routes through it) and what its kind takes along (a veth's peer)."""
+        kind = link.link_kind
+        along = [other for place in kind.along(link) if (other := self.links.get(place)) is not None
+                 and kind.takes_along(link, other)]
+        return self.on.get((link.ns, link.ifname), []) + along
+
+    def address_dependents(self, addr: Address, gone: set[Key]) -> list[Resource]:
+        """Routes the kernel drops when `addr` is deleted: those using it as source and, when it
+        was the link's last IPv4 address, every IPv4 route through that link (fib_disable_ip)."""
+        ip = ipaddress.ip_interface(addr.cidr)
+        on_link = [ipaddress.ip_interface(r.cidr) for r in self.addresses.get((addr.ns, addr.ifname), [])]
+        last_v4 = ip.version == 4 and not any(
+            a.version == 4 and Address(addr.ns, addr.ifname, str(a)).key not in gone for a in on_link)
+        out: list[Resource] = []
+        for r in self.routes.get(addr.ns, []):
+            through = r.dev == addr.ifname or (r.dev is None and r.via is not None and any(
+                ipaddress.ip_address(r.via) in a.network for a in on_link if a.version == ip.version))
+            if r.src == str(ip.ip) or (last_v4 and r.family == socket.AF_INET and through):
+                out.append(r)
+        return out
+
+
+def _taken_along(cur: dict[Key, Resource], gone: set[Key]) -> set[Key]:
+    """`gone` and everything the kernel takes along with it (a deleted link, address or netns),
+    to the fixpoint. Each deleted object is looked at once; an address again when another one
+    of its interface goes (it may have become the last IPv4 address, whose routes go with it)."""
+    index = _Index(cur)
+    gone = set(gone)
+    todo = deque(gone)
+    while todo:
+        r = cur[todo.popleft()]
+        deps: Iterable[Resource] = ()
+        if isinstance(r, Link) and r.owned:
+            deps = index.dependents(r)
+        elif isinstance(r, Address):
+            deps = index.address_dependents(r, gone)
+        elif isinstance(r, Netns):
+            deps = index.in_ns.get(r.name, {}).values()
+        for d in list(deps):
+            if d.key in gone:
+                continue
+            gone.add(d.key)
+            todo.append(d.key)
+            if isinstance(d, Address):
+                todo.extend(a.key for a in index.addresses[(d.ns, d.ifname)] if a.key in gone and a.key != d.key)
+    return gone
 
 
 def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_netns: bool = False) -> Plan:
@@ -124,23 +181,7 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
 
     gone: set[Key] = {k for k in cur if k not in want}
     gone |= {k for k, r in cur.items() if k in want and want[k].identity_differs(r)}
-    # Follow what the kernel takes along with a deleted link or netns, to a fixpoint.
-    changed = True
-    while changed:
-        changed = False
-        for k in list(gone):
-            r = cur[k]
-            deps: list[Resource] = []
-            if isinstance(r, Link) and r.owned:
-                deps = _dependents(r, cur.values())
-            elif isinstance(r, Address):
-                deps = _address_dependents(r, cur, gone)
-            elif isinstance(r, Netns):
-                deps = [x for x in cur.values() if _lives_in(x, r.name)]
-            for d in deps:
-                if d.key not in gone:
-                    gone.add(d.key)
-                    changed = True
+    gone = _taken_along(cur, gone)
 
     gone_records = [cur[k] for k in gone]
     deleted_netns = {r.ns for r in gone_records if isinstance(r, Netns)}
@@ -149,7 +190,7 @@ def plan(desired: Iterable[Resource], current: Iterable[Resource], *, collapse_n
     actions: list[Action] = []
     deletes = []
     for r in gone_records:
-        if collapse_netns and any(_lives_in(r, ns) for ns in deleted_netns):
+        if collapse_netns and _lives_in_any(r, deleted_netns):
             continue
         deletes.append(r)
     deletes.sort(key=_sort_key, reverse=True)

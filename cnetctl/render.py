@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .plan import Action, Plan
-from .verify import VerifyReport, describe
+
+if TYPE_CHECKING:  # verify (the kernel code) loads when a report is printed, not for validate
+    from .verify import VerifyReport
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -41,6 +43,7 @@ def print_plan(plan: Plan, topology: str) -> None:
 
 
 def print_report(report: VerifyReport) -> None:
+    from .verify import describe
     on = f" on host {report.host}" if report.host else ""
     table = Table(title=f"checks of topology {report.topology}{on}", show_lines=False)
     table.add_column("#", justify="right")

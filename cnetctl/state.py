@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import DEFAULT_STATE_DIR
 from .errors import LockedError, NotPermitted, UsageError
 from .model.resources import Resource, resource_from_json
 from .model.topology import canonical_sysctl, is_topology_name
 from .statecheck import NOTHING, check_state, read_private
 
-DEFAULT_STATE_DIR = "/var/lib/cnetctl"
 FORMAT = 1
 _warned: set[str] = set()
 

@@ -6,8 +6,9 @@ here they are run together, and the read-back is judged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,16 @@ def run_checks(desired: DesiredState, sockets: Sockets, kinds: Mapping[str, Chec
     per namespace and run here, one after the other, while the others are in flight.
     Every socket and thread is gone when this returns.
     """
+    with checks_started(desired, sockets, kinds) as results:
+        return results()
+
+
+@contextlib.contextmanager
+def checks_started(desired: DesiredState, sockets: Sockets, kinds: Mapping[str, CheckKind[Any]] = KINDS
+                   ) -> Iterator[Callable[[], list[CheckResult]]]:
+    """run_checks in two halves: the checks are started on entering, the yielded function waits
+    for their results (Serial kinds run then). What the caller does in between overlaps their
+    waiting for replies (verify reads the kernel back meanwhile)."""
     checks = list(desired.topology.checks)
     elsewhere = [desired.placement.skipped_by(k) if desired.placement else None for k in range(len(checks))]
     workers = sum(1 for c in checks if c.kind in kinds and isinstance(kinds[c.kind].run, Pooled))
@@ -92,7 +103,7 @@ def run_checks(desired: DesiredState, sockets: Sockets, kinds: Mapping[str, Chec
         finishers = [functools.partial(_skipped, check, host) if host else
                      _launch(context, pool, check, kinds.get(check.kind))
                      for check, host in zip(checks, elsewhere, strict=True)]
-        return [finish() for finish in finishers]
+        yield lambda: [finish() for finish in finishers]
 
 
 def _skipped(check: Check, host: str) -> CheckResult:

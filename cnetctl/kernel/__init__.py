@@ -8,22 +8,27 @@ is what was asked for; deleting what is gone succeeds.
 from __future__ import annotations
 
 import errno
-import os
 import socket
+import sys
 from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import RTPROT_CNETCTL, owner_label
 from ..errors import KernelError
 from ..model.natspec import NatSpec
 from ..model.resources import Address, Fdb, ForwardAccept, Link, Nat, Neighbor, Netns, Resource, Route, Rule, Sysctl
 from ..state import State
-from . import addresses, links, nat, routes, sysctl
+from . import addresses, links, nat, routes, rtnl, sysctl
 from .errnos import likely_cause
 from .linkkinds import KERNEL_LINK_KINDS
 from .netns import Sockets, create_netns, delete_netns, is_errno, is_stale_mountpoint, netns_exists
+from .rtnl import NetlinkError, Rtnl
+
+
+def netlink_errors() -> Any:
+    """The netlink errors a kernel operation may raise: kernel/rtnl.py's, and pyroute2's once
+    something has imported it (the few requests still made through an IPRoute)."""
+    found = sys.modules.get("pyroute2.netlink.exceptions")
+    return (NetlinkError, found.NetlinkError) if found is not None else (NetlinkError,)
 
 
 class Kernel:
@@ -51,7 +56,7 @@ class Kernel:
             fn(*args)
         except KernelError:
             raise
-        except NetlinkError as err:
+        except netlink_errors() as err:
             if err.code == errno.EOPNOTSUPP and isinstance(res, Link) and res.owned:
                 raise KernelError(f"{verb} {res.describe()}: this kernel has no {res.kind} support "
                                   f"(modprobe {res.kind}, or enable CONFIG_{res.kind.upper()})") from err
@@ -67,8 +72,7 @@ class Kernel:
 
         def label_lo(nl: socket.socket) -> None:
             # The namespace's own label lives on its lo, which is also brought up.
-            with IPRoute(fileno=os.dup(nl.fileno())) as ipr:
-                ipr.link("set", index=1, ifalias=label, state="up")
+            Rtnl(nl).request(rtnl.RTM_NEWLINK, rtnl.link_body(1, [rtnl.attr_str(rtnl.IFLA_IFALIAS, label)], up=True))
 
         try:
             self.sockets.adopt(res.name, create_netns(res.name, label_lo))
@@ -79,24 +83,25 @@ class Kernel:
                 delete_netns(res.name)
                 self.sockets.adopt(res.name, create_netns(res.name, label_lo))
             else:
-                self.sockets.get(res.name).link("set", index=1, ifalias=label, state="up")
+                label_lo(self.sockets.nl(res.name).sock)
 
     def _delete_netns(self, res: Netns) -> None:
-        self.sockets.close(res.name)  # an open socket would keep the namespace alive
         if netns_exists(res.name) and not is_stale_mountpoint(res.name):
             owner = self._lo_label(res.name)
             if owner != self.label:
                 raise KernelError(f"netns {res.name} is not owned by topology {self.topology} "
                                   f"(its label is {owner!r}); not deleting it")
+        self.sockets.close(res.name)  # an open socket would keep the namespace alive
         delete_netns(res.name)
         self.state.forget_netns(res.name)
 
     def _lo_label(self, ns: str) -> str | None:
+        """The label of the namespace mounted at `ns` now (its socket is closed afterwards)."""
         try:
-            (lo,) = self.sockets.get(ns).link("get", index=1)
+            reply = self.sockets.nl_in_place(ns).get(rtnl.RTM_GETLINK, rtnl.ifinfo(1))
         finally:
             self.sockets.close(ns)
-        return lo.get("ifalias")  # type: ignore[no-any-return]
+        return rtnl.text(rtnl.attrs(reply, rtnl.IFINFO.size).get(rtnl.IFLA_IFALIAS))
 
     def _update_netns(self, old: Netns, new: Netns) -> None:
         pass
@@ -107,12 +112,12 @@ class Kernel:
         kind.ensure(self, res)
         # The lo of the host is the user's; that of a namespace of ours carries its label.
         labelled = kind.labelled and (res.owned or res.ns is not None)
-        links.configure_link(self.sockets.get(res.ns), res.ifname, alias=self.label if labelled else None,
+        links.configure_link(self.sockets.nl(res.ns), res.ifname, alias=self.label if labelled else None,
                              mtu=res.mtu, master=res.master if res.owned else False, up=res.up)
 
     def _update_link(self, old: Link, new: Link) -> None:
         diff = new.differences(old)
-        ipr = self.sockets.get(new.ns)
+        ipr = self.sockets.nl(new.ns)
         if not new.owned and new.ns is None:
             # Saved before the change: destroy puts a user's device back as it was.
             self.state.remember_device(new.ifname, links.find_link(ipr, new.ifname))
@@ -128,10 +133,10 @@ class Kernel:
     def _create_address(self, res: Address) -> None:
         if res.ns is None:
             self.state.remember_host(res)
-        addresses.add_address(self.sockets.get(res.ns), res.ifname, res.cidr)
+        addresses.add_address(self.sockets.nl(res.ns), res.ifname, res.cidr)
 
     def _delete_address(self, res: Address) -> None:
-        addresses.delete_address(self.sockets.get(res.ns), res.ifname, res.cidr)
+        addresses.delete_address(self.sockets.nl(res.ns), res.ifname, res.cidr)
         if res.ns is None:
             self.state.forget_host(res)
 
@@ -185,8 +190,8 @@ class Kernel:
         if res.ns is None:
             self.state.remember_host(res)
         try:
-            routes.add_route(self.sockets.get(res.ns), res)
-        except NetlinkError as err:
+            routes.add_route(self.sockets.nl(res.ns), res)
+        except netlink_errors() as err:
             if not is_errno(err, errno.EEXIST):
                 raise
             # plan() found no route of ours with this key: whoever made it owns it.
@@ -194,10 +199,10 @@ class Kernel:
                               "metric appeared meanwhile and is not this topology's") from err
 
     def _update_route(self, old: Route, new: Route) -> None:
-        routes.replace_route(self.sockets.get(new.ns), new)
+        routes.replace_route(self.sockets.nl(new.ns), new)
 
     def _delete_route(self, res: Route) -> None:
-        routes.delete_route(self.sockets.get(res.ns), res)
+        routes.delete_route(self.sockets.nl(res.ns), res)
         if res.ns is None:
             self.state.forget_host(res)
 
@@ -205,8 +210,8 @@ class Kernel:
         if res.ns is None:
             self.state.remember_host(res)
         try:
-            routes.add_rule(self.sockets.get(res.ns), res)
-        except NetlinkError as err:
+            routes.add_rule(self.sockets.nl(res.ns), res)
+        except netlink_errors() as err:
             if not is_errno(err, errno.EEXIST):
                 raise
             raise KernelError(f"create {res.describe()}: an identical rule (proto {RTPROT_CNETCTL}) appeared "
@@ -216,7 +221,7 @@ class Kernel:
         pass
 
     def _delete_rule(self, res: Rule) -> None:
-        routes.delete_rule(self.sockets.get(res.ns), res)
+        routes.delete_rule(self.sockets.nl(res.ns), res)
         if res.ns is None:
             self.state.forget_host(res)
 

@@ -13,20 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from ..errors import KernelError
 from ..model.linkkinds import VethSpec, VxlanSpec
 from ..model.resources import Link
 from . import links
 from .netns import is_errno, netns_path
+from .rtnl import NetlinkError
 
 if TYPE_CHECKING:
     from . import Kernel
 
 
 def _refuse_foreign(kernel: Kernel, link: Link) -> None:
-    found = links.find_link(kernel.sockets.get(link.ns), link.ifname)
+    found = links.find_link(kernel.sockets.nl(link.ns), link.ifname)
     if found is not None and found.alias != kernel.label:
         raise KernelError(f"interface {link.ifname} exists in {link.ns or 'host'} and is not owned by "
                           f"topology {kernel.topology}")
@@ -34,7 +33,7 @@ def _refuse_foreign(kernel: Kernel, link: Link) -> None:
 
 def _ensure_bridge(kernel: Kernel, link: Link) -> None:
     try:
-        links.create_bridge(kernel.sockets.get(link.ns), link.ifname, kernel.label)
+        links.create_bridge(kernel.sockets.nl(link.ns), link.ifname, kernel.label)
     except NetlinkError as err:
         if not is_errno(err, errno.EEXIST):
             raise
@@ -43,7 +42,7 @@ def _ensure_bridge(kernel: Kernel, link: Link) -> None:
 
 def _ensure_veth(kernel: Kernel, link: Link) -> None:
     spec = link.spec
-    if links.find_link(kernel.sockets.get(link.ns), link.ifname) is not None:
+    if links.find_link(kernel.sockets.nl(link.ns), link.ifname) is not None:
         _refuse_foreign(kernel, link)
         return
     if not isinstance(spec, VethSpec) or not spec.peer_ifname or spec.peer_ifname == "?":
@@ -52,14 +51,14 @@ def _ensure_veth(kernel: Kernel, link: Link) -> None:
         raise KernelError(f"create {link.describe()}: the peer of this veth is unknown; refusing to create it")
     # Create from the host side when one end is there: net_ns_fd names a netns path.
     if link.ns is not None and spec.peer_ns is None:
-        links.create_veth(kernel.sockets.get(None), spec.peer_ifname, link.ifname, netns_path(link.ns))
+        links.create_veth(kernel.sockets.nl(None), spec.peer_ifname, link.ifname, netns_path(link.ns))
     else:
-        links.create_veth(kernel.sockets.get(link.ns), link.ifname, spec.peer_ifname,
+        links.create_veth(kernel.sockets.nl(link.ns), link.ifname, spec.peer_ifname,
                           netns_path(spec.peer_ns) if spec.peer_ns is not None else None)
     # Label the peer at once: a crash now must leave both ends findable. Owned veth
     # ends are always up; the peer is brought up here too because a rollback may
     # re-create a pair from one end's record only (its delete took the peer along).
-    links.configure_link(kernel.sockets.get(spec.peer_ns), spec.peer_ifname, alias=kernel.label, up=True)
+    links.configure_link(kernel.sockets.nl(spec.peer_ns), spec.peer_ifname, alias=kernel.label, up=True)
 
 
 def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
@@ -72,7 +71,7 @@ def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
         links.create_vxlan(kernel.sockets.get(None if across else link.ns), link.ifname, spec.vni, spec.port,
                            spec.local, spec.remote, spec.dev, spec.learning, spec.mac,
                            netns_path(link.ns) if across and link.ns is not None else None)
-    except NetlinkError as err:
+    except links.pyroute2_error() as err:
         if not is_errno(err, errno.EEXIST):
             raise
         if links.find_link(kernel.sockets.get(link.ns), link.ifname) is None:
@@ -81,7 +80,7 @@ def _ensure_vxlan(kernel: Kernel, link: Link) -> None:
                               "another VXLAN device of that namespace") from None
         _refuse_foreign(kernel, link)
     # Labelled at once (the common settings follow): a crash now must leave it findable.
-    links.configure_link(kernel.sockets.get(link.ns), link.ifname, alias=kernel.label)
+    links.configure_link(kernel.sockets.nl(link.ns), link.ifname, alias=kernel.label)
 
 
 def _vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
@@ -98,7 +97,7 @@ def _vxlan_spec(live: links.LiveLink, names: dict[int, str]) -> VxlanSpec:
 
 
 def _ensure_device(kernel: Kernel, link: Link) -> None:
-    found = links.find_link(kernel.sockets.get(link.ns), link.ifname)
+    found = links.find_link(kernel.sockets.nl(link.ns), link.ifname)
     if found is None:
         raise KernelError(f"host device {link.ifname} does not exist (cnetctl configures, never creates, "
                           "devices it does not own)")
@@ -111,7 +110,7 @@ def _ensure_lo(kernel: Kernel, link: Link) -> None:
 
 
 def _remove_owned(kernel: Kernel, link: Link) -> None:
-    ipr = kernel.sockets.get(link.ns)
+    ipr = kernel.sockets.nl(link.ns)
     found = links.find_link(ipr, link.ifname)
     if found is not None and found.alias != kernel.label:
         raise KernelError(f"{link.describe()} is not owned by topology {kernel.topology} "
@@ -121,7 +120,7 @@ def _remove_owned(kernel: Kernel, link: Link) -> None:
 
 def _restore_device(kernel: Kernel, link: Link) -> None:
     """A user's device is never deleted: its original MTU comes back."""
-    ipr = kernel.sockets.get(link.ns)
+    ipr = kernel.sockets.nl(link.ns)
     original = kernel.state.device_originals.get(link.ifname)
     if original and original.get("mtu") and links.find_link(ipr, link.ifname):
         links.configure_link(ipr, link.ifname, mtu=original["mtu"])

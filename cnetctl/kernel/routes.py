@@ -6,129 +6,187 @@ import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import rt_type
+from typing import TYPE_CHECKING, Any
 
 from .. import RTPROT_CNETCTL
 from ..model.resources import Route, Rule
+from . import rtnl
 from .errnos import REJECT_ERRNO, ROUTE_ERRORS, errno_name
-from .links import get_index
+from .links import _ipr_index, get_index, pyroute2_error
 from .netns import is_errno
+from .rtnl import NetlinkError, Rtnl
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 # The one route-type table (RTN_* of linux/rtnetlink.h): number -> the name `ip route` prints.
-RT_TYPE_NAME: dict[int, str] = {v: k for k, v in rt_type.items() if isinstance(v, int)}
+RT_TYPE_NAME: dict[int, str] = dict(enumerate(("unspec", "unicast", "local", "broadcast", "anycast", "multicast",
+                                                "blackhole", "unreachable", "prohibit", "throw", "nat", "xresolve")))
+RT_TYPE: dict[str, int] = {name: number for number, name in RT_TYPE_NAME.items()}
 
 RTNH_F_ONLINK = 0x4
 RTM_F_LOOKUP_TABLE = 0x1000
 RT_SCOPE_NOWHERE = 255
+IP6_RT_PRIO_USER = 1024   # what the kernel makes of metric 0 for IPv6 (pyroute2 sends it so)
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
+DEFAULT_DST = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
 
 
 def rt_type_name(number: int) -> str:
     return RT_TYPE_NAME.get(number, str(number))
 
 
-def _dst(msg: Any, family: int) -> str:
-    dst = msg.get("dst")
-    if dst is None:
-        return "0.0.0.0/0" if family == socket.AF_INET else "::/0"
-    return f"{dst}/{msg['dst_len']}"
+@dataclass(frozen=True)
+class LiveRoute:
+    """One route of a dump, the fields cnetctl reads."""
+
+    family: int
+    table: int
+    dst: str            # CIDR; 0.0.0.0/0 or ::/0 for default
+    metric: int
+    proto: int
+    scope: int
+    type: int
+    flags: int
+    via: str | None
+    oif: int | None
+    prefsrc: str | None
 
 
-def dump_routes(ipr: IPRoute, ns: str | None, names: dict[int, str], proto: int = RTPROT_CNETCTL) -> list[Route]:
-    """Routes of routing protocol `proto`, all tables, as Route records."""
+def _live_route(msg: bytes) -> LiveRoute:
+    family, dst_len, _, _, table, proto, scope, rtype, flags = rtnl.RTMSG.unpack_from(msg)
+    found = rtnl.attrs(msg, rtnl.RTMSG.size)
+    dst = rtnl.ip_text(found.get(rtnl.RTA_DST))
+    return LiveRoute(family, rtnl.u32(found.get(rtnl.RTA_TABLE)) or table,
+                     f"{dst}/{dst_len}" if dst is not None else DEFAULT_DST.get(family, "0.0.0.0/0"),
+                     rtnl.u32(found.get(rtnl.RTA_PRIORITY)) or 0, proto, scope, rtype, flags,
+                     rtnl.ip_text(found.get(rtnl.RTA_GATEWAY)), rtnl.u32(found.get(rtnl.RTA_OIF)),
+                     rtnl.ip_text(found.get(rtnl.RTA_PREFSRC)))
+
+
+def live_routes(nl: Rtnl) -> list[LiveRoute]:
+    """Every route of every table of the namespace of `nl`: one dump per family."""
     out = []
     for family in FAMILIES:
-        for msg in ipr.route("dump", family=family):
-            if msg["proto"] != proto:
-                continue
-            oif = msg.get("oif")
-            out.append(Route(
-                ns=ns, family=family, table=msg.get("table") or msg["table"], dst=_dst(msg, family),
-                metric=msg.get("priority") or 0, type=rt_type_name(msg["type"]),
-                via=msg.get("gateway"), dev=names.get(oif) if oif else None, src=msg.get("prefsrc"),
-                scope=msg["scope"], onlink=True if msg["flags"] & RTNH_F_ONLINK else None,
-            ))
+        for msg in nl.dump(rtnl.RTM_GETROUTE, rtnl.RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+            route = _live_route(msg)
+            if route.family == family:
+                out.append(route)
     return out
 
 
-def _route_args(r: Route, ipr: IPRoute) -> dict[str, Any]:
-    args: dict[str, Any] = dict(family=r.family, dst=r.dst, table=r.table, priority=r.metric,
-                                proto=RTPROT_CNETCTL, type=r.type)
-    if r.via:
-        args["gateway"] = r.via
-    if r.dev:
-        args["oif"] = get_index(ipr, r.dev)
-    if r.src:
-        args["prefsrc"] = r.src
-    if r.scope is not None:
-        args["scope"] = r.scope
-    if r.onlink:
-        args["flags"] = RTNH_F_ONLINK
-    return args
+def as_route(r: LiveRoute, ns: str | None, names: dict[int, str]) -> Route:
+    """A route of ours as the Route record plan compares."""
+    return Route(ns=ns, family=r.family, table=r.table, dst=r.dst, metric=r.metric, type=rt_type_name(r.type),
+                 via=r.via, dev=names.get(r.oif) if r.oif else None, src=r.prefsrc, scope=r.scope,
+                 onlink=True if r.flags & RTNH_F_ONLINK else None)
 
 
-def add_route(ipr: IPRoute, r: Route) -> None:
-    ipr.route("add", **_route_args(r, ipr))
+def dump_routes(nl: Rtnl, ns: str | None, names: dict[int, str], proto: int = RTPROT_CNETCTL,
+                live: list[LiveRoute] | None = None) -> list[Route]:
+    """Routes of routing protocol `proto`, all tables, as Route records (from `live`, a dump
+    made already, when given)."""
+    return [as_route(r, ns, names) for r in (live if live is not None else live_routes(nl)) if r.proto == proto]
 
 
-def replace_route(ipr: IPRoute, r: Route) -> None:
-    ipr.route("replace", **_route_args(r, ipr))
+def _route_body(r: Route, nl: Rtnl | None) -> bytes:
+    """An rtmsg as pyroute2 sends it for route add/replace (nl given) or del (nl None: the key
+    only, any scope)."""
+    default = r.dst in DEFAULT_DST.values()
+    addr, plen = ("", 0) if default else (r.dst.split("/")[0], int(r.dst.split("/")[1]))
+    metric = IP6_RT_PRIO_USER if r.family == socket.AF_INET6 and r.metric == 0 else r.metric
+    if nl is None:
+        scope, flags = RT_SCOPE_NOWHERE, 0
+    else:
+        scope, flags = r.scope or 0, RTNH_F_ONLINK if r.onlink else 0
+    body = rtnl.RTMSG.pack(r.family, plen, 0, 0, r.table if 0 < r.table < 255 else 254, RTPROT_CNETCTL, scope,
+                           RT_TYPE[r.type], flags)
+    if not default:
+        body += rtnl.attr_ip(rtnl.RTA_DST, ipaddress.ip_address(addr).compressed)
+    body += rtnl.attr_u32(rtnl.RTA_TABLE, r.table) + rtnl.attr_u32(rtnl.RTA_PRIORITY, metric)
+    if nl is not None:
+        if r.via:
+            body += rtnl.attr_ip(rtnl.RTA_GATEWAY, r.via)
+        if r.dev:
+            body += rtnl.attr_u32(rtnl.RTA_OIF, get_index(nl, r.dev))
+        if r.src:
+            body += rtnl.attr_ip(rtnl.RTA_PREFSRC, r.src)
+    return body
 
 
-def delete_route(ipr: IPRoute, r: Route) -> None:
+def add_route(nl: Rtnl, r: Route) -> None:
+    nl.request(rtnl.RTM_NEWROUTE, _route_body(r, nl), rtnl.CREATE)
+
+
+def replace_route(nl: Rtnl, r: Route) -> None:
+    nl.request(rtnl.RTM_NEWROUTE, _route_body(r, nl), rtnl.REPLACE)
+
+
+def delete_route(nl: Rtnl, r: Route) -> None:
     # Matching on proto 147 means the kernel itself refuses to delete a route that
     # is not ours; scope NOWHERE means "any scope" (as iproute2 sends).
     try:
-        ipr.route("del", family=r.family, dst=r.dst, table=r.table, priority=r.metric,
-                  proto=RTPROT_CNETCTL, type=r.type, scope=RT_SCOPE_NOWHERE)
+        nl.request(rtnl.RTM_DELROUTE, _route_body(r, None))
     except NetlinkError as err:
         if not is_errno(err, errno.ESRCH, errno.ENOENT):
             raise
 
 
-def dump_rules(ipr: IPRoute, ns: str | None, proto: int | None = RTPROT_CNETCTL) -> list[Rule]:
+def _live_rule(msg: bytes, ns: str | None) -> tuple[int | None, Rule]:
+    """(routing protocol, record) of one rule of a dump."""
+    family, dst_len, src_len, _, table, _, _, _, _ = rtnl.RTMSG.unpack_from(msg)
+    found = rtnl.attrs(msg, rtnl.RTMSG.size)
+    src, dst = rtnl.ip_text(found.get(rtnl.FRA_SRC)), rtnl.ip_text(found.get(rtnl.FRA_DST))
+    fwmark = rtnl.u32(found.get(rtnl.FRA_FWMARK))
+    proto = found.get(rtnl.FRA_PROTOCOL)
+    return proto[0] if proto else None, Rule(
+        ns=ns, family=family, priority=rtnl.u32(found.get(rtnl.FRA_PRIORITY)) or 0,
+        table=rtnl.u32(found.get(rtnl.FRA_TABLE)) or table,
+        src=f"{src}/{src_len}" if src else None, dst=f"{dst}/{dst_len}" if dst else None,
+        iif=rtnl.text(found.get(rtnl.FRA_IIFNAME)), oif=rtnl.text(found.get(rtnl.FRA_OIFNAME)),
+        fwmark=fwmark, fwmask=rtnl.u32(found.get(rtnl.FRA_FWMASK)) if fwmark is not None else None)
+
+
+def dump_rules(nl: Rtnl, ns: str | None, proto: int | None = RTPROT_CNETCTL) -> list[Rule]:
     out = []
     for family in FAMILIES:
-        for msg in ipr.rule("dump", family=family):
-            if msg["family"] != family or (proto is not None and msg.get("protocol") != proto):
+        for msg in nl.dump(rtnl.RTM_GETRULE, rtnl.RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+            rule_proto, rule = _live_rule(msg, ns)
+            if rule.family != family or (proto is not None and rule_proto != proto):
                 continue
-            src, dst = msg.get("src"), msg.get("dst")
-            out.append(Rule(
-                ns=ns, family=family, priority=msg.get("priority") or 0, table=msg.get("table") or msg["table"],
-                src=f"{src}/{msg['src_len']}" if src else None, dst=f"{dst}/{msg['dst_len']}" if dst else None,
-                iif=msg.get("iifname"), oif=msg.get("oifname"),
-                fwmark=msg.get("fwmark"), fwmask=msg.get("fwmask") if msg.get("fwmark") is not None else None,
-            ))
+            out.append(rule)
     return out
 
 
-def _rule_args(r: Rule) -> dict[str, Any]:
-    args: dict[str, Any] = dict(family=r.family, priority=r.priority, table=r.table, protocol=RTPROT_CNETCTL)
-    for name, value in (("src", r.src), ("dst", r.dst)):
+def _rule_body(r: Rule) -> bytes:
+    """A fib_rule_hdr as pyroute2 sends it for rule add and del."""
+    lens = {}
+    items = [rtnl.attr_u32(rtnl.FRA_PRIORITY, r.priority), rtnl.attr_u32(rtnl.FRA_TABLE, r.table),
+             rtnl.attr(rtnl.FRA_PROTOCOL, bytes([RTPROT_CNETCTL]))]
+    for kind, value in ((rtnl.FRA_SRC, r.src), (rtnl.FRA_DST, r.dst)):
         if value:
             addr, plen = value.split("/")
-            args[name], args[f"{name}_len"] = addr, int(plen)
+            lens[kind] = int(plen)
+            items.append(rtnl.attr_ip(kind, ipaddress.ip_address(addr).compressed))
     if r.iif:
-        args["iifname"] = r.iif
+        items.append(rtnl.attr_str(rtnl.FRA_IIFNAME, r.iif))
     if r.oif:
-        args["oifname"] = r.oif
+        items.append(rtnl.attr_str(rtnl.FRA_OIFNAME, r.oif))
     if r.fwmark is not None:
-        args["fwmark"] = r.fwmark
-        args["fwmask"] = r.fwmask if r.fwmask is not None else 0xFFFFFFFF
-    return args
+        items.append(rtnl.attr_u32(rtnl.FRA_FWMARK, r.fwmark))
+        items.append(rtnl.attr_u32(rtnl.FRA_FWMASK, r.fwmask if r.fwmask is not None else 0xFFFFFFFF))
+    header = rtnl.RTMSG.pack(r.family, lens.get(rtnl.FRA_DST, 0), lens.get(rtnl.FRA_SRC, 0), 0,
+                             r.table if 0 <= r.table <= 255 else 252, 0, 0, rtnl.FR_ACT_TO_TBL, 0)
+    return header + b"".join(items)
 
 
-def add_rule(ipr: IPRoute, r: Rule) -> None:
-    ipr.rule("add", **_rule_args(r))
+def add_rule(nl: Rtnl, r: Rule) -> None:
+    nl.request(rtnl.RTM_NEWRULE, _rule_body(r), rtnl.CREATE)
 
 
-def delete_rule(ipr: IPRoute, r: Rule) -> None:
+def delete_rule(nl: Rtnl, r: Rule) -> None:
     try:
-        ipr.rule("del", **_rule_args(r))
+        nl.request(rtnl.RTM_DELRULE, _rule_body(r))
     except NetlinkError as err:
         if not is_errno(err, errno.ENOENT, errno.ESRCH):
             raise
@@ -158,12 +216,12 @@ def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = N
     if src:
         args["src"] = src
     if iif:
-        args["iif"] = get_index(ipr, iif)
+        args["iif"] = _ipr_index(ipr, iif)
     if fwmark is not None:
         args["mark"] = fwmark
     try:
         (msg,) = ipr.route("get", **args)
-    except NetlinkError as err:
+    except pyroute2_error() as err:
         kind = ROUTE_ERRORS.get(err.code, f"error {err.code}")
         # "none": no route matched at all (ENETUNREACH), so a check can expect exactly that.
         typ = "none" if err.code == errno.ENETUNREACH else kind if kind in REJECT_ERRNO else None

@@ -80,6 +80,10 @@ def _no_reach(link: Link) -> tuple[str | None, ...]:
     return ()
 
 
+def _nowhere(link: Link) -> tuple[tuple[str | None, str | None], ...]:
+    return ()
+
+
 def _veth_spec(link: Link) -> VethSpec:
     assert isinstance(link.spec, VethSpec), f"veth {link.ifname} without its peer"
     return link.spec
@@ -96,6 +100,11 @@ def _veth_peer_dies(link: Link, other: Resource) -> bool:
     spec = _veth_spec(link)
     return isinstance(other, Link) and other.kind == "veth" and \
         (other.ns, other.ifname) == (spec.peer_ns, spec.peer_ifname)
+
+
+def _veth_peer(link: Link) -> tuple[tuple[str | None, str | None], ...]:
+    spec = _veth_spec(link)
+    return ((spec.peer_ns, spec.peer_ifname),)
 
 
 def _veth_describe(link: Link) -> str:
@@ -116,6 +125,8 @@ class LinkKind:
     spec_type: type | None = None
     reaches: Callable[[Link], tuple[str | None, ...]] = _no_reach      # other namespaces it lives in
     takes_along: Callable[[Link, Resource], bool] = _no_peer           # other links the kernel deletes with it
+    # where (namespace, interface) those links can be: plan looks only there (an index, not a scan)
+    along: Callable[[Link], tuple[tuple[str | None, str | None], ...]] = _nowhere
     describe_extra: Callable[[Link], str] = _nothing
     spec_matches: Callable[[object, object], bool] = _same_spec   # desired spec vs the kernel's
 
@@ -123,7 +134,7 @@ class LinkKind:
 LINK_KINDS: dict[str, LinkKind] = {k.name: k for k in (
     LinkKind("bridge", owned=True, order=0, can_be_master=True),
     LinkKind("veth", owned=True, order=1, spec_type=VethSpec, reaches=_veth_reach, takes_along=_veth_peer_dies,
-             describe_extra=_veth_describe),
+             along=_veth_peer, describe_extra=_veth_describe),
     # After the underlay device it sends through (a veth of the topology, or the host's own).
     LinkKind("vxlan", owned=True, order=2, spec_type=VxlanSpec, describe_extra=_vxlan_describe,
              spec_matches=_vxlan_matches),
