@@ -140,7 +140,11 @@ def main_options(
 
 def _progress(output: Output) -> ActionProgress | None:
     """Lines, or a bar on a terminal for a long plan (render.ActionProgress); nothing with -o json."""
-    return None if output is Output.json else ActionProgress(console)
+    if output is Output.json:
+        return None
+    from . import render   # the real console: rich enters it as a context manager
+
+    return render.ActionProgress(render.console)
 
 
 @command()
