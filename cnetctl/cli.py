@@ -142,7 +142,7 @@ def _progress(output: Output) -> ActionProgress | None:
     """Lines, or a bar on a terminal for a long plan (render.ActionProgress); nothing with -o json."""
     if output is Output.json:
         return None
-    from . import render   # the real console: rich enters it as a context manager
+    from . import render  # the real console: rich enters it as a context manager
 
     return render.ActionProgress(render.console)
 
