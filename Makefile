@@ -2,6 +2,7 @@
 #   sudo make demo   install the runtime, apply manifests/quickstart.yaml (with its checks), show status
 #   sudo make test   install the runtime and the test tools, run the whole test suite (kernel tests in a
 #                    throw-away netns)
+#   sudo make bench  cnetctl against a shell script of `ip` commands and the `ip -batch` floor (bench/README.md)
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -16,8 +17,9 @@ TEST_APT_PACKAGES := openssh-server ansible-core graphviz ruby vagrant python3-j
 # (pytest, hypothesis, ruff, mypy) on top of the same venv.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP    := $(VENV)/.installed-test
+BENCH_STAMP   := $(VENV)/.installed-bench
 
-.PHONY: demo test deps test-deps venv test-venv unit lint clean destroy-demo
+.PHONY: demo test deps test-deps venv test-venv unit lint clean destroy-demo bench bench-venv bench-compare
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -57,9 +59,15 @@ $(TEST_STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(TEST_STAMP)
 
+$(BENCH_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
 venv: $(RUNTIME_STAMP)
 
 test-venv: $(TEST_STAMP)
+
+bench-venv: $(BENCH_STAMP)
 
 # The way to remove the demo is printed whatever happens, also when apply or one
 # of the checks fails (make still exits non-zero then).
@@ -89,6 +97,20 @@ test: test-deps test-venv
 
 unit: test-venv
 	$(PY) -m pytest -q tests/unit
+
+# One run, one throw-away world: every shape at every size, the table printed as it goes and
+# the results kept as JSON under bench/results/ (BENCH_OUT=... to name the file).
+# Compare two runs: make bench-compare A=bench/results/before.json B=bench/results/after.json
+BENCH_SHAPES ?= bridge k8s nat
+BENCH_SIZES  ?= 10 50 250 1000
+BENCH_OUT    ?= bench/results/$(shell date +%Y%m%d-%H%M%S).json
+
+bench: deps bench-venv
+	$(PY) bench/bench.py --shape $(BENCH_SHAPES) --sizes $(BENCH_SIZES) --out $(BENCH_OUT)
+
+bench-compare:
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make bench-compare A=before.json B=after.json"; exit 2; }
+	python3 bench/bench.py --compare $(A) $(B)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -50,3 +50,25 @@ def test_many_namespaces_under_a_small_descriptor_limit(tmp_path, clean_world):
         assert gone.returncode == 0, gone.stderr[-2000:]
         # Returned only once the kernel released the pods' host ends (they go with the namespaces).
         assert netns_list() == [] and host_veths() == []
+
+
+def test_no_thread_is_left_in_a_namespace():
+    """Namespaces are entered by one long-lived worker thread: left in a namespace, it would keep
+    that namespace alive after its deletion (destroy then waited out its whole timeout)."""
+    from cnetctl.kernel.netns import Sockets, run_in_each, run_in_netns
+
+    def namespaces_of_threads() -> set[int]:
+        return {os.stat(f"/proc/self/task/{tid}/ns/net").st_ino for tid in os.listdir("/proc/self/task")}
+
+    home = os.stat("/proc/self/ns/net").st_ino
+    subprocess.run(["ip", "netns", "add", "lone"], check=True)
+    try:
+        inside = run_in_netns("lone", lambda: os.stat("/proc/thread-self/ns/net").st_ino)
+        assert inside != home
+        assert namespaces_of_threads() == {home}
+        assert run_in_each([("lone", lambda: 1), (None, lambda: 2)]) == [1, 2]
+        with Sockets() as sockets:
+            sockets.open_many(["lone"])
+            assert namespaces_of_threads() == {home}
+    finally:
+        subprocess.run(["ip", "netns", "del", "lone"], check=True)
