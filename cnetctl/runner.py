@@ -114,9 +114,14 @@ def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str |
     log = Journal(journal if plan.actions else None)
     try:
         for i, action in enumerate(plan.actions, 1):
-            if progress:
-                progress("apply", action)
-            log.write({"start": i, "op": action.op, "text": action.describe(), "resource": action.resource.to_json()})
+            # Not inside the progress output either: an exception raised from a signal handler
+            # in the middle of rich's console code can leave it buffering for good (the rollback's
+            # lines were lost), nor inside a journal line.
+            with signals_deferred():
+                if progress:
+                    progress("apply", action)
+                log.write({"start": i, "op": action.op, "text": action.describe(),
+                           "resource": action.resource.to_json()})
             if before_step:
                 before_step(i, action)
             # A signal takes effect between two actions, never inside one: each action is
@@ -124,7 +129,7 @@ def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str |
             with signals_deferred():
                 run_action(kernel, action)
                 done.append(action)
-            log.write({"done": i})
+                log.write({"done": i})
     except BaseException as err:
         if not rollback:
             log.close(remove=True)
