@@ -246,9 +246,22 @@ def _verified(desired: DesiredState, st: State, sockets: Sockets) -> VerifyRepor
     the read-back is taken while they are in flight (most checks wait for replies; an
     `unreachable` one waits out its whole timeout)."""
     sockets.make_room(2 * len(desired.nodes))   # the pings' sockets: one per namespace and family
+    _wait_veths_running(desired, sockets)
     with checks_started(desired, sockets) as results:
         found = readback(desired, _observe(desired, desired.name, st, sockets))
         return VerifyReport(desired.name, found + results(), desired.host)
+
+
+def _wait_veths_running(desired: DesiredState, sockets: Sockets, timeout: float = 5.0) -> None:
+    """Right after apply, the checks wait until the kernel transmits on every veth it made
+    (see klinks.wait_running); a link still not running by then fails its checks honestly."""
+    deadline = time.monotonic() + timeout
+    by_ns: dict[str | None, set[str]] = {}
+    for r in desired.resources:
+        if isinstance(r, Link) and r.kind == "veth":
+            by_ns.setdefault(r.ns, set()).add(r.ifname)
+    for ns, names in by_ns.items():
+        klinks.wait_running(sockets.nl(ns), names, deadline)
 
 
 def _require_backends(desired: DesiredState) -> set[str]:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 IFF_UP = rtnl.IFF_UP
-NSID_NOT_ASSIGNED = (-1, 0xFFFFFFFF)  # NETNSA_NSID_NOT_ASSIGNED, signed or not
+NSID_NOT_ASSIGNED = (-1, 0xFFFFFFFF)
+IFLA_OPERSTATE, IF_OPER_UP = 16, 6  # NETNSA_NSID_NOT_ASSIGNED, signed or not
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class LiveLink:
     mac: str | None = None
     # IFLA_INFO_DATA of kinds that have attributes of their own (a VXLAN's vni, port …)
     info: tuple[tuple[str, Any], ...] = ()
+    running: bool = False   # IFLA_OPERSTATE is UP: the kernel has activated its queue (linkwatch ran)
 
 
 # IFLA_VXLAN_* as pyroute2 names them: number, name, how the value is read
@@ -90,6 +92,7 @@ def _live_link(msg: bytes) -> LiveLink:
         peer_netnsid=None if netnsid is None or netnsid in NSID_NOT_ASSIGNED else netnsid,
         mac=rtnl.mac_text(found.get(rtnl.IFLA_ADDRESS)),
         info=_info(kind, linkinfo),
+        running=found.get(IFLA_OPERSTATE, b"\0")[:1] == bytes([IF_OPER_UP]),
     )
 
 
@@ -331,3 +334,20 @@ def wait_links_gone(ifnames: Iterable[str], deadline: float) -> bool:
                 if mtype == rtnl.RTM_DELLINK:
                     left.discard(rtnl.text(rtnl.attrs(msg, rtnl.IFINFO.size).get(rtnl.IFLA_IFNAME)) or "")
     return True
+
+
+def wait_running(nl: Rtnl, ifnames: Iterable[str], deadline: float) -> bool:
+    """Wait until each of these links (those that exist and are up) is operationally up.
+
+    A veth pair's carrier comes on when its second end goes up, but the kernel starts
+    transmitting on the first end only when linkwatch runs (deferred work, up to a second
+    later, longer on a busy machine); until then its packets are dropped, and a ping sent
+    right after apply can fail. False when the deadline passed first."""
+    wanted = set(ifnames)
+    while True:
+        waiting = [link for link in dump_links(nl) if link.ifname in wanted and link.up and not link.running]
+        if not waiting:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
