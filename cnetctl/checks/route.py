@@ -14,7 +14,7 @@ def run(ctx: CheckContext, spec: RouteCheck) -> CheckResult:
     desired = ctx.desired
     fields = spec_fields(spec)
     fwmark = spec.fwmark.value if spec.fwmark is not None else None   # parsed once, in the model
-    answer = route_get(ctx.sockets.get(desired.ns_of(spec.node)), spec.to, src=spec.from_, iif=spec.iif,
+    answer = route_get(ctx.sockets.nl(desired.ns_of(spec.node)), spec.to, src=spec.from_, iif=spec.iif,
                        fwmark=fwmark)
     fields["actual"] = answer.to_json()
     return judge(spec, expected(desired, spec), answer, fields)

@@ -208,9 +208,54 @@ class RouteAnswer:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = None,
+def route_get(sock: Rtnl | IPRoute, to: str, src: str | None = None, iif: str | None = None,
               fwmark: int | None = None) -> RouteAnswer:
-    """RTM_GETROUTE with RTM_F_LOOKUP_TABLE, so the reply names the table a rule chose."""
+    """RTM_GETROUTE with RTM_F_LOOKUP_TABLE, so the reply names the table a rule chose. `sock`:
+    a namespace's Rtnl (route checks), or a pyroute2 IPRoute (explain, which reads through one)."""
+    if not isinstance(sock, Rtnl):
+        return _route_get_pyroute2(sock, to, src, iif, fwmark)
+    family = socket.AF_INET6 if ipaddress.ip_address(to).version == 6 else socket.AF_INET
+    full = 128 if family == socket.AF_INET6 else 32
+    # As pyroute2 sends it: host prefixes, table 254 in the header, the rest as attributes.
+    body = rtnl.RTMSG.pack(family, full, full if src else 0, 0, 254, 0, 0, 0, RTM_F_LOOKUP_TABLE)
+    body += rtnl.attr_ip(rtnl.RTA_DST, ipaddress.ip_address(to).compressed)
+    if src:
+        body += rtnl.attr_ip(RTA_SRC, ipaddress.ip_address(src).compressed)
+    if iif:
+        body += rtnl.attr_u32(RTA_IIF, get_index(sock, iif))
+    if fwmark is not None:
+        body += rtnl.attr_u32(RTA_MARK, fwmark)
+    try:
+        msg = sock.get(rtnl.RTM_GETROUTE, body)
+    except NetlinkError as err:
+        return _route_error(err.code)
+    _, _, _, _, table, _, _, rtype, _ = rtnl.RTMSG.unpack_from(msg)
+    found = rtnl.attrs(msg, rtnl.RTMSG.size)
+    oif = rtnl.u32(found.get(rtnl.RTA_OIF))
+    dev = None
+    if oif:
+        try:
+            dev = rtnl.text(rtnl.attrs(sock.get(rtnl.RTM_GETLINK, rtnl.ifinfo(oif)), rtnl.IFINFO.size)
+                            .get(rtnl.IFLA_IFNAME))
+        except NetlinkError:
+            dev = None
+    return RouteAnswer(ok=True, type=rt_type_name(rtype), table=rtnl.u32(found.get(rtnl.RTA_TABLE)) or table,
+                       via=rtnl.ip_text(found.get(rtnl.RTA_GATEWAY)), dev=dev,
+                       src=rtnl.ip_text(found.get(rtnl.RTA_PREFSRC)) or rtnl.ip_text(found.get(RTA_SRC)))
+
+
+RTA_SRC, RTA_IIF, RTA_MARK = 2, 3, 16
+
+
+def _route_error(code: int) -> RouteAnswer:
+    kind = ROUTE_ERRORS.get(code, f"error {code}")
+    # "none": no route matched at all (ENETUNREACH), so a check can expect exactly that.
+    typ = "none" if code == errno.ENETUNREACH else kind if kind in REJECT_ERRNO else None
+    return RouteAnswer(ok=False, type=typ, error=f"{kind} ({errno_name(code)})")
+
+
+def _route_get_pyroute2(ipr: IPRoute, to: str, src: str | None, iif: str | None, fwmark: int | None
+                        ) -> RouteAnswer:
     family = socket.AF_INET6 if ipaddress.ip_address(to).version == 6 else socket.AF_INET
     args: dict[str, Any] = dict(family=family, dst=to, flags=RTM_F_LOOKUP_TABLE)
     if src:
@@ -222,11 +267,7 @@ def route_get(ipr: IPRoute, to: str, src: str | None = None, iif: str | None = N
     try:
         (msg,) = ipr.route("get", **args)
     except pyroute2_error() as err:
-        kind = ROUTE_ERRORS.get(err.code, f"error {err.code}")
-        # "none": no route matched at all (ENETUNREACH), so a check can expect exactly that.
-        typ = "none" if err.code == errno.ENETUNREACH else kind if kind in REJECT_ERRNO else None
-        return RouteAnswer(ok=False, type=typ,
-                           error=f"{kind} ({errno_name(err.code)})")
+        return _route_error(err.code)
     names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
     oif = msg.get("oif")
     return RouteAnswer(ok=True, type=rt_type_name(msg["type"]),
