@@ -53,6 +53,12 @@ def _workers_in_worlds_of_their_own(config: pytest.Config) -> None:
         config.option.tx = [f"{spec}//python={python}" if spec == "popen" else spec for spec in tx]
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests import forkserver
+
+    forkserver.stop()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The long sweeps go first: parallel workers then finish together instead of one
     # worker starting a two-minute sweep when the others have run out of work.

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, isolated
+from tests.forkserver import cnetctl_call
 
 MANIFESTS = ROOT / "manifests"
 
@@ -41,8 +41,8 @@ def run(*argv: str, check: bool = False, input: str | None = None,
 
 
 def cnetctl(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cnetctl", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    """`python -m cnetctl ARGS` in a process of its own (forked from tests/forkserver.py)."""
+    return cnetctl_call(list(args), {**os.environ, **(env or {})}, ROOT, timeout)
 
 
 def ip(ns: str | None, *args: str) -> object:
