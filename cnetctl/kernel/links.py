@@ -202,6 +202,7 @@ def create_vxlan(ipr: IPRoute, ifname: str, vni: int, port: int, local: str | No
 
 
 AF_BRIDGE = 7
+NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 
 
@@ -216,10 +217,12 @@ def _neighbour_dump(nl: Rtnl, family: int) -> list[tuple[int, int, str | None, s
 
 
 def dump_fdb(nl: Rtnl) -> dict[int, list[tuple[str, str]]]:
-    """ifindex -> (mac, dst) of the VTEP entries (those with a destination: VXLAN devices)."""
+    """ifindex -> (mac, dst) of the static VTEP entries (those with a destination: VXLAN devices).
+    Entries a VXLAN with learning on picks up from traffic (NUD_REACHABLE only) are the
+    kernel's, not a declaration's: counting them made every learned peer look like drift."""
     out: dict[int, list[tuple[str, str]]] = {}
-    for ifindex, _, dst, mac in _neighbour_dump(nl, AF_BRIDGE):
-        if dst and mac:
+    for ifindex, state, dst, mac in _neighbour_dump(nl, AF_BRIDGE):
+        if dst and mac and state & (NUD_PERMANENT | NUD_NOARP):
             out.setdefault(ifindex, []).append((mac, dst))
     return out
 

@@ -104,3 +104,30 @@ def test_a_vxlan_on_the_host_with_a_flood_entry_and_a_remote(tmp_path, clean_wor
     assert "no changes" in cnetctl("apply", write(tmp_path, doc), "--no-verify").stdout
     assert cnetctl("destroy", "--name", "vxhost").returncode == 0
     assert not [x for x in ip(None, "link", "show") if x["ifname"] == "vx0"]  # type: ignore[union-attr]
+
+
+LEARNING = {"apiVersion": "cnetctl/v1", "name": "learn", "nodes": {
+    name: {"interfaces": {"u0": {"addresses": [f"10.98.0.{me}/24"]}},
+           "vxlans": {"vx0": {"vni": 42, "dev": "u0", "local": f"10.98.0.{me}", "remote": f"10.98.0.{peer}",
+                              "learning": True, "addresses": [f"10.99.0.{me}/24"]}}}
+    for name, me, peer in (("a", 1, 2), ("b", 2, 1))},
+    "links": [["a:u0", "b:u0"]], "checks": [{"ping": {"from": "a", "to": "10.99.0.2"}}]}
+
+
+def test_entries_a_learning_vxlan_picks_up_from_traffic_are_not_drift(tmp_path, clean_world):
+    manifest = write(tmp_path, LEARNING)
+    res = cnetctl("apply", manifest)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (peer,) = ip("learn-b", "link", "show", "vx0")  # type: ignore[misc]
+    entries = json.loads(run("ip", "netns", "exec", "learn-a", "bridge", "-j", "fdb", "show", "dev", "vx0",
+                             check=True).stdout)
+    learned = [e for e in entries if e["mac"] == peer["address"]]
+    assert learned and learned[0]["dst"] == "10.98.0.2" and "permanent" not in learned[0]["state"], entries
+    plan = cnetctl("plan", manifest, "-o", "json")
+    assert plan.returncode == 0 and json.loads(plan.stdout)["changes"] == 0, plan.stdout
+    assert cnetctl("verify", manifest).returncode == 0
+    assert "no changes" in cnetctl("apply", manifest, "--no-verify").stdout
+    after = json.loads(run("ip", "netns", "exec", "learn-a", "bridge", "-j", "fdb", "show", "dev", "vx0",
+                           check=True).stdout)
+    assert [e for e in after if e["mac"] == peer["address"]] == learned  # apply left the kernel's entry alone
+    assert cnetctl("destroy", "--name", "learn").returncode == 0
