@@ -519,7 +519,7 @@ def main() -> None:
         if ex.code == 143:  # SIGTERM outside an apply's changes (which say what they undid)
             err_console.print("cnetctl: terminated", markup=False)
         raise
-    except (typer.BadParameter, typer.Abort) as err:  # pragma: no cover - typer renders these itself
+    except typer.Abort as err:  # pragma: no cover - cnetctl asks nothing at a prompt
         err_console.print(f"cnetctl: {err}", markup=False)
         sys.exit(2)
     except Exception as err:  # click's usage errors

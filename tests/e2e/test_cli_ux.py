@@ -69,3 +69,13 @@ def test_help_shows_the_state_dir_default_and_no_value_for_flags():
     line = help_line(apply, "--no-verify")
     assert "bool" not in line and "False" not in line and "default" not in line, line
     assert "[default: 30.0]" in apply  # options with a value keep theirs
+
+
+def test_a_missing_argument_says_which_with_the_usage_like_every_usage_error():
+    for args, missing in ((["apply"], "file"), (["explain", "quickstart", "--to", "10.88.0.3"], "node")):
+        res = cli(*args)
+        assert res.returncode == 2 and res.stdout == ""
+        assert f"Usage: cnetctl {args[0]} [OPTIONS]" in res.stderr, res.stderr
+        assert f"Missing argument '{missing}'" in res.stderr and "Missing parameter" not in res.stderr
+    res = cli("apply", "--bogus")  # the same shape as an unknown option
+    assert res.returncode == 2 and "Usage: cnetctl apply [OPTIONS]" in res.stderr and "No such option" in res.stderr
