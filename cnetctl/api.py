@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .kernel import links as klinks
     from .kernel.addresses import dump_addresses
     from .kernel.labels import lo_alias
-    from .kernel.nat import BACKENDS, backend_warnings, detect_backend, require_backend
+    from .kernel.nat import BACKENDS, backend_warnings, detect_backend, nat_owners, require_backend
     from .kernel.netns import Sockets, netns_path, run_in_netns
     from .load import load_topology
     from .model.topology import Topology, is_topology_name
@@ -42,8 +42,8 @@ else:
     (normalize,) = lazy_attrs("cnetctl.normalize", "normalize")
     (Kernel,) = lazy_attrs("cnetctl.kernel", "Kernel")
     klinks = LazyModule("cnetctl.kernel.links")
-    BACKENDS, backend_warnings, detect_backend, require_backend = lazy_attrs(
-        "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "require_backend")
+    BACKENDS, backend_warnings, detect_backend, nat_owners, require_backend = lazy_attrs(
+        "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "nat_owners", "require_backend")
     Sockets, netns_path, run_in_netns = lazy_attrs("cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns")
     (lo_alias,) = lazy_attrs("cnetctl.kernel.labels", "lo_alias")
     (dump_addresses,) = lazy_attrs("cnetctl.kernel.addresses", "dump_addresses")
@@ -460,12 +460,13 @@ def status(name: str | None = None, directory: str | None = None, host: str | No
 
 def owned_names(directory: str, sockets: Sockets) -> set[str]:
     """Every topology with something on this machine: a state file, a labelled namespace, a
-    labelled link in the host namespace (what a lost state file leaves is still found)."""
+    labelled link in the host namespace, NAT or forward rules marked as its own in the host
+    namespace (what a lost state file leaves is still found)."""
     owners = scan_owners(sockets)
     names = set(list_state_names(directory)) | {o for o in owners.values() if o}
     names |= {owner for link in klinks.dump_links(sockets.nl(None))
               if (owner := owner_of(link.alias)) is not None}
-    return names
+    return names | nat_owners(None)
 
 
 def destroy_all(directory: str | None = None, *, lock_timeout: float = 30.0, progress: Progress | None = None,

@@ -255,8 +255,9 @@ def destroy(file: Annotated[str | None, typer.Argument(help="a manifest naming t
             = None,
             name: Annotated[str | None, typer.Option("--name", help="the topology name (no file needed)")] = None,
             output: OutputOpt = Output.text, lock_timeout: LockOpt = 30.0, host: HostOpt = None,
-            all_: Annotated[bool, typer.Option("--all", help="every topology cnetctl owns on this machine "
-                                               "(found by state files and ownership labels)")] = False) -> None:
+            all_: Annotated[bool, typer.Option("--all", help="every topology cnetctl owns on this machine (found "
+                                               "by state files, ownership labels and rule comments)")] = False,
+            ) -> None:
     """Remove everything a topology owns; idempotent, works without the file or the state file."""
     if all_:
         if file is not None or name is not None:

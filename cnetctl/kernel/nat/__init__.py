@@ -29,18 +29,18 @@ from typing import Any
 
 from ...errors import KernelError, UsageError
 from ...model.natspec import NatSpec, canonical_order
-from ..netns import run_in_each
+from ..netns import run_in_each, run_in_netns
 from ..rtnl import NetlinkError, Rtnl
 from .backend import MissingLibrary, NatBackend
 from .forward import forward_apply, forward_delete, forward_drop_chains, forward_read
-from .iptables import Iptables, iptc_available
-from .nftables import NFT_HINT, Nftables, nft_available, nft_ruleset
+from .iptables import Iptables, ipt_owners, iptc_available
+from .nftables import NFT_HINT, Nftables, nft_available, nft_owners, nft_ruleset
 
 BACKENDS: dict[str, NatBackend] = {backend.name: backend for backend in (Nftables(), Iptables())}
 
 __all__ = ["BACKENDS", "MissingLibrary", "NatBackend", "NatSpec", "backend_warnings", "canonical_order",
            "detect_backend", "firewall_empty", "forward_apply", "forward_delete", "forward_drop_chains", "forward_read",
-           "nat_read", "nft_ruleset", "require_backend"]
+           "nat_owners", "nat_read", "nft_ruleset", "require_backend"]
 
 
 # --- backend selection -------------------------------------------------------------------------------
@@ -116,12 +116,26 @@ def _firewall_empty_here() -> bool:
                     return False
         except FileNotFoundError:
             pass
+    return _nft_tables_here() is False
+
+
+def _nft_tables_here() -> bool | None:
+    """In the calling thread's namespace: whether any nf_tables table exists (None: cannot tell)."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
-            tables = Rtnl(sock).dump(NFT_GETTABLE, struct.pack("=BBH", socket.AF_UNSPEC, 0, 0))
+            return bool(Rtnl(sock).dump(NFT_GETTABLE, struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)))
     except (OSError, NetlinkError):
-        return False
-    return not tables
+        return None
+
+
+def nat_owners(ns: str | None = None) -> set[str]:
+    """Topologies with NAT or forward-accept objects in `ns`, by their owner markers: what
+    is left when a state file was lost and the namespaces are gone. Loads libnftables only
+    where nf_tables tables exist."""
+    owners = ipt_owners(ns)
+    if run_in_netns(ns, _nft_tables_here) is not False and nft_available():
+        owners |= nft_owners(ns, nft_ruleset(ns))
+    return owners
 
 
 def firewall_empty(namespaces: list[str]) -> set[str]:

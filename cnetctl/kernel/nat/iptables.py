@@ -23,6 +23,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ... import owner_of
 from ...errors import KernelError
 from ...model.natspec import NatSpec, spec_from_comment
 from ...nat_rules import HOOKS, IptRule, chain_name, ipt_nat_chains, owner_marker
@@ -251,6 +252,28 @@ def _ipt_read_child(topology: str, label: str, v6: bool) -> tuple[list[str] | No
             found += [t for t in texts if t not in found]
     table.close()
     return found, foreign
+
+
+def _ipt_owners_child(v6: bool) -> set[str]:
+    """Topologies named by the comments of legacy nat/filter rules (jumps, owner markers,
+    forward-accepts all start with the owner label)."""
+    iptc = load_iptc()
+    owners: set[str] = set()
+    for name in sorted({"nat", "filter"} & legacy_tables(None, v6)):
+        table = ipt_table(iptc, name, v6)
+        for chain in table.chains:
+            owners |= {o for rule in chain.rules if (o := owner_of((ipt_comment(rule) or "").split(" ")[0]))}
+        table.close()
+    return owners
+
+
+def ipt_owners(ns: str | None) -> set[str]:
+    """Topologies with legacy iptables rules in `ns`, by their comments."""
+    owners: set[str] = set()
+    for v6 in (False, True):
+        if {"nat", "filter"} & legacy_tables(ns, v6) and iptc_available():
+            owners |= call_in_netns_child(ns, _ipt_owners_child, v6)
+    return owners
 
 
 # --- the backend -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import functools
 import re
 from typing import Any
 
+from ... import owner_label, owner_of
 from ...errors import KernelError
 from ...model.natspec import NatSpec, spec_from_comment
 from ...nat_rules import (
@@ -133,6 +134,24 @@ def nft_owner(ns: str | None, topology: str, label: str, items: list[dict[str, A
     if comment is None and rules and all(str(r.get("comment", "")).startswith(label + " ") for r in rules):
         return "unmarked"
     return "foreign"
+
+
+def nft_owners(ns: str | None, items: list[dict[str, Any]]) -> set[str]:
+    """Topologies with nftables objects in `items` (`nft -j list ruleset` of `ns`): a table
+    cnetctl-<name> of theirs, or rules commented with their label (forward-accepts in a
+    chain that is someone else's)."""
+    owners: set[str] = set()
+    prefix = nft_table_name("")
+    for item in items:
+        table, rule = item.get("table", {}), item.get("rule", {})
+        name = str(table.get("name", ""))
+        if table.get("family") == "inet" and name.startswith(prefix):
+            topology = name[len(prefix):]
+            if nft_owner(ns, topology, owner_label(topology), items) in ("mine", "unmarked"):
+                owners.add(topology)
+        elif owner := owner_of(str(rule.get("comment", "")).split(" ")[0]):
+            owners.add(owner)
+    return owners
 
 
 def nft_foreign(ns: str | None, topology: str, label: str) -> str:
