@@ -463,30 +463,36 @@ def graph(file: FileArg,
 def try_(file: FileArg, output: OutputOpt = Output.text, nat_backend: BackendOpt = None) -> None:
     """Apply, verify and destroy the manifest in a throw-away network + mount namespace (exit code: verify's).
 
-    The machine's own network is never touched: everything lives and dies in that namespace."""
-    from .trycmd import outcome_json, try_manifest
+    The machine's own network is never touched: everything lives and dies in that namespace. A
+    topology with hosts: gets one such world per machine, joined by an underlay with their addresses."""
+    from .trycmd import outcomes_json, try_manifest
 
-    def announce(name, p, warnings):  # type: ignore[no-untyped-def]
+    def announce(name, p, warnings, host):  # type: ignore[no-untyped-def]
         _warn(warnings)
         if output is Output.text:
-            console.print(f"topology {name}: applying {len(p.actions)} operations in a throw-away network "
-                          "namespace")
+            where = f"machine {host}'s throw-away world" if host else "a throw-away network namespace"
+            console.print(f"topology {name}: applying {len(p.actions)} operations in {where}")
         if progress:
             progress.expect(len(p.actions), "applying")
 
-    def show(outcome):  # type: ignore[no-untyped-def]
-        if progress:
-            progress.close()
-        for message in outcome.errors:
-            err_console.print(message, markup=False)
+    def show(outcomes):  # type: ignore[no-untyped-def]
+        for outcome in outcomes:
+            for message in outcome.errors:
+                err_console.print(message, markup=False)
         if output is Output.json:
-            print_json(outcome_json(outcome))
+            print_json(outcomes_json(outcomes))
             return
-        if outcome.applied and outcome.applied.report:
-            print_report(outcome.applied.report)
-        if outcome.destroyed is not None:
-            console.print(f"topology {outcome.topology}: destroyed ({len(outcome.destroyed.actions)} operations); "
-                          "the throw-away namespace goes with it, this machine's network was not touched")
+        reports = [o.applied.report for o in outcomes if o.applied and o.applied.report]
+        for report in reports:
+            print_report(report)
+        if len(outcomes) > 1:
+            console.print(f"on {len(outcomes)} machines together: {sum(r.passed for r in reports)} passed, "
+                          f"{sum(r.failed for r in reports)} failed")
+        for outcome in outcomes:
+            if outcome.destroyed is not None:
+                where = f"machine {outcome.host}'s world" if outcome.host else "the throw-away namespace"
+                console.print(f"topology {outcome.topology}: destroyed ({len(outcome.destroyed.actions)} "
+                              f"operations); {where} goes with it, this machine's network was not touched")
 
     progress = _progress(output)
     rc = try_manifest(file, show, nat_backend=_backend(nat_backend), progress=progress, on_plan=announce)

@@ -13,8 +13,11 @@ reaches the machine's own network.
 from __future__ import annotations
 
 import contextlib
+import functools
+import ipaddress
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -24,13 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
 from .netns import _check, _libc
 
 Completed = subprocess.CompletedProcess
+T = TypeVar("T")
+IFA_F_NODAD, RT_SCOPE_LINK = 0x02, 253
 
 # PID 1 of the world. Its stdin is a pipe from the process that started it: when that closes
 # (close(), or that process dies however it dies) PID 1 exits and takes the world with it.
@@ -106,25 +111,29 @@ def _ns_fds(pid: int | str, *kinds: str) -> Iterator[dict[str, int]]:
             os.close(fd)
 
 
-def _lo_up(pid: int) -> None:
-    """lo up in the world's network namespace, from a short-lived thread (setns is per thread:
-    this process stays where it is) and with netlink, not ip(8)."""
+def _in_netns_of(pid: int, body: Callable[[IPRoute], None]) -> None:
+    """body(IPRoute) in the network namespace of process `pid`, from a short-lived thread (setns is
+    per thread: this process stays where it is); netlink, not ip(8)."""
     failed: list[BaseException] = []
 
-    def body() -> None:
+    def run() -> None:
         try:
             with _ns_fds(pid, "net") as ns:
                 _setns(ns["net"], CLONE_NEWNET)
             with IPRoute() as ipr:
-                ipr.link("set", index=1, state="up")
+                body(ipr)
         except BaseException as err:   # re-raised in the caller's thread
             failed.append(err)
 
-    thread = threading.Thread(target=body, name="world-lo")
+    thread = threading.Thread(target=run, name="world-netns")
     thread.start()
     thread.join()
     if failed:
         raise failed[0]
+
+
+def _lo_up(pid: int) -> None:
+    _in_netns_of(pid, lambda ipr: ipr.link("set", index=1, state="up"))
 
 
 class World:
@@ -213,6 +222,19 @@ class World:
             with _passing_signals_to(pid):
                 _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+    def returning(self, fn: Callable[[], T]) -> tuple[int, T | None]:
+        """fn() in the world (as `call`), and what it returned, handed back pickled: (0, value),
+        or (exit code, None) when it ended without returning (Ctrl-C, SIGTERM, an exception)."""
+        with tempfile.TemporaryFile() as fh:
+            def body() -> int:
+                pickle.dump(fn(), fh)
+                fh.flush()
+                return 0
+
+            code = self.call(body)
+            fh.seek(0)
+            return (0, pickle.load(fh)) if code == 0 else (code, None)
 
     def _child(self, body: Callable[[], int], ns: dict[str, int]) -> int:
         code = 3
@@ -331,11 +353,47 @@ def _passing_signals_to(pid: int) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_in_world(body: Callable[[str], int]) -> int:
-    """body(state_dir) in a world of its own (World.call), ended right after: `cnetctl try`.
-    WorldError when no world can be made here."""
-    with World(MAKE_TOOLS) as world:
-        return world.call(lambda: body(world.state_dir))
+UNDERLAY = "underlay0"
+
+
+@contextlib.contextmanager
+def machines(addresses: Mapping[str, str]) -> Iterator[dict[str, World]]:
+    """A world per machine, joined as machines on one network: a bridge in a world of its own,
+    and in each machine's world a veth UNDERLAY with that machine's address (/32 or /128) and a
+    route to each other machine's address over it — any addresses work, as on a cloud
+    underlay, without a subnet to share. Every world ends with the block."""
+    with contextlib.ExitStack() as stack:
+        fabric = stack.enter_context(World(MAKE_TOOLS))
+        worlds = {name: stack.enter_context(World(MAKE_TOOLS)) for name in addresses}
+        _in_netns_of(fabric.pid, lambda ipr: _fabric(ipr, [w.pid for w in worlds.values()]))
+        for name, world in worlds.items():
+            others = [a for other, a in addresses.items() if other != name]
+            _in_netns_of(world.pid, functools.partial(_machine_side, me=addresses[name], others=others))
+        yield worlds
+
+
+def _fabric(ipr: IPRoute, pids: list[int]) -> None:
+    """The bridge, and a veth to each machine: its UNDERLAY end moved into that machine's world."""
+    ipr.link("add", ifname="underlay", kind="bridge")
+    (bridge,) = ipr.link_lookup(ifname="underlay")
+    ipr.link("set", index=bridge, state="up")
+    for i, pid in enumerate(pids):
+        ipr.link("add", ifname=f"m{i}", kind="veth", peer=UNDERLAY)
+        (port,) = ipr.link_lookup(ifname=f"m{i}")
+        (inside,) = ipr.link_lookup(ifname=UNDERLAY)
+        ipr.link("set", index=inside, net_ns_pid=pid)
+        ipr.link("set", index=port, master=bridge, state="up")
+
+
+def _machine_side(ipr: IPRoute, me: str, others: list[str]) -> None:
+    (index,) = ipr.link_lookup(ifname=UNDERLAY)
+    ipr.link("set", index=index, state="up")
+    bits = ipaddress.ip_address(me).max_prefixlen
+    # No duplicate address detection: the address is usable at once, as a configured one is.
+    ipr.addr("add", index=index, address=me, prefixlen=bits, flags=IFA_F_NODAD if bits == 128 else 0)
+    for other in others:
+        ipr.route("add", dst=other, dst_len=ipaddress.ip_address(other).max_prefixlen, oif=index,
+                  scope=RT_SCOPE_LINK)
 
 
 class LabError(Exception):

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import yaml12
+
 from .conftest import MANIFESTS, ROOT, cnetctl, default_signals, ip, netns_list, run
 
 GENERATED = {
@@ -100,6 +102,57 @@ def test_try_applies_verifies_and_destroys_elsewhere(tmp_path, clean_world):
     bad.write_text("apiVersion: cnetctl/v1\nname: Bad\nnodes: {}\n")
     res = cnetctl("try", str(bad))
     assert res.returncode == 2 and "bad.yaml:2: name" in res.stderr, res.stderr
+
+
+def test_try_a_topology_on_two_machines_runs_every_check_once_across_them(tmp_path, clean_world):
+    """manifests/two-hosts.yaml in two machine worlds joined by an underlay: each slice applied,
+    each machine verifying its own checks — pod-b reaches pod-a, which lives only in the other
+    world, over the VXLAN between the machines — and nothing left here."""
+    state_dir = os.environ["CNETCTL_STATE_DIR"]
+    files_before = sorted(os.listdir(state_dir))
+    res = cnetctl("try", str(MANIFESTS / "two-hosts.yaml"), "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["exit_code"] == 0 and sorted(out["hosts"]) == ["node1", "node2"], out
+    checks = {host: data["verify"]["checks"] for host, data in out["hosts"].items()}
+    for host, data in out["hosts"].items():
+        assert data["plan"]["create"] > 0 and data["destroyed"]["delete"] > 0 and data["errors"] == [], data
+        assert data["verify"]["host"] == host and data["verify"]["failed"] == 0
+    # Together the machines ran every check, and none failed: each ran on one side at least.
+    assert len(checks["node1"]) == len(checks["node2"])
+    for mine, theirs in zip(checks["node1"], checks["node2"], strict=True):
+        assert True in (mine["ok"], theirs["ok"]) and False not in (mine["ok"], theirs["ok"]), (mine, theirs)
+    across = [c for c in checks["node2"] if c["kind"] == "ping" and c["ok"] and c["from"] == "pod-b"
+              and c["to"] == "pod-a:eth0"]
+    assert across, checks["node2"]   # pod-b -> pod-a: a reply from the other world
+    assert netns_list() == [] and sorted(os.listdir(state_dir)) == files_before
+    assert not [link for link in ip(None, "link", "show") if link["ifname"] != "lo"]  # type: ignore[union-attr]
+    # A wrong expectation on one machine: exit 1, that machine says which check, the other passes.
+    doc: dict = yaml12.load((MANIFESTS / "two-hosts.yaml").read_text())  # type: ignore[assignment]
+    unreachable = next(c for c in doc["checks"] if c.get("ping", {}).get("expect") == "unreachable")
+    unreachable["ping"]["expect"] = "reachable"
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = cnetctl("try", str(tmp_path / "wrong.yaml"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "on 2 machines together:" in res.stdout and " 1 failed" in res.stdout, res.stdout
+    assert res.stdout.count("world goes with it") == 2 and netns_list() == []
+
+
+def test_machine_worlds_reach_each_other_only_over_their_underlay():
+    from cnetctl.kernel.world import UNDERLAY, machines
+
+    addresses = {"a": "192.0.2.11", "b": "198.51.100.7", "c": "2001:db8::c"}
+    with machines(addresses) as worlds:
+        for name, world in worlds.items():
+            links = json.loads(world.run("ip", "-j", "addr", "show", check=True).stdout)
+            assert sorted(link["ifname"] for link in links) == ["lo", UNDERLAY]
+            (underlay,) = [link for link in links if link["ifname"] == UNDERLAY]
+            assert addresses[name] in [a["local"] for a in underlay["addr_info"]]
+        assert worlds["a"].run("ping", "-c", "1", "-W", "2", "-n", "-q", "198.51.100.7").returncode == 0
+        assert worlds["b"].run("ping", "-c", "1", "-W", "2", "-n", "-q", "192.0.2.11").returncode == 0
+        pids = [w.pid for w in worlds.values()]
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]   # every world ended with the block
+    assert netns_list() == []
 
 
 def processes_naming(text: str, timeout: float = 10.0) -> list[str]:
