@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,7 +113,11 @@ def _handle(conn: socket.socket, server: socket.socket) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _child(json.loads(message), fds)
+        try:
+            _child(json.loads(message), fds)   # ends the process itself
+        except BaseException:
+            traceback.print_exc()   # failed before cnetctl ran (a cwd that is gone, say)
+        os._exit(70)
     for fd in fds:
         os.close(fd)
     conn.send(str(pid).encode())
@@ -138,7 +143,10 @@ def serve(path: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         if os.fork() == 0:
-            _handle(conn, server)
+            try:
+                _handle(conn, server)
+            finally:   # a caller that went away (BrokenPipeError): never back into this loop
+                os._exit(0)
         conn.close()
         while True:  # reap the per-call processes that have ended
             try:
