@@ -41,6 +41,9 @@ class TryOutcome:
         return self.code == 0
 
 
+INTERRUPTED = (130, 143)   # Ctrl-C, SIGTERM
+
+
 def _message(err: CnetctlError) -> str:
     return str(err) if isinstance(err, TopologyError) else f"cnetctl: {err}"
 
@@ -118,15 +121,20 @@ def _run(file: str, name: str, worlds: dict[str | None, World], outcomes: list[T
          on_plan: Callable[[str, Plan, list[str], str | None], None] | None,
          destroy_progress: api.Progress | None) -> None:
     """Apply every slice, then verify each (a check may need the other machines' slices),
-    then destroy every slice; a machine whose apply failed is neither verified nor trusted."""
+    then destroy every slice that was applied; a machine whose apply failed is not verified.
+    Ctrl-C or SIGTERM during an apply (rolled back there) skips what was still to apply and
+    every verify."""
     together = len(worlds) == 1
-    steps = list(zip(worlds.items(), outcomes, strict=True))
-    for (host, world), outcome in steps:
+    steps: list[tuple[tuple[str | None, World], TryOutcome]] = []
+    for (host, world), outcome in zip(worlds.items(), outcomes, strict=True):
+        if any(o.code in INTERRUPTED for o in outcomes):
+            break
+        steps.append(((host, world), outcome))
         announce = _for_host(on_plan, host) if on_plan else None
         outcome.applied = _step(world, outcome, functools.partial(
             api.apply, file, world.state_dir, verify=together, progress=progress, on_plan=announce,
             nat_backend=nat_backend, host=host), progress)
-    if not together:
+    if not together and not any(o.code in INTERRUPTED for o in outcomes):
         for (host, world), outcome in steps:
             if outcome.applied is not None:
                 outcome.applied.report = _step(world, outcome, functools.partial(
