@@ -12,9 +12,8 @@ exits 2 before any of it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,13 +84,13 @@ def try_manifest(file: str, show: Callable[[list[TryOutcome]], None], *, nat_bac
                  destroy_progress: api.Progress | None = None) -> int:
     """The exit code: verify's (0 all checks passed, 1 not), or the code of the first error
     that stopped an apply or a destroy. `show` renders the outcomes (one per machine)."""
-    from .kernel.world import WorldError
+    from .kernel.world import WorldError, worlds_for
 
     desired = api.validate(file, nat_backend)
     api.require_root()
     addresses = {name: str(spec.address) for name, spec in desired.topology.hosts.items()}
     try:
-        with _worlds(addresses) as worlds:
+        with worlds_for(addresses) as worlds:
             outcomes = [TryOutcome(desired.name, host) for host in worlds]
             try:
                 _run(file, desired.name, worlds, outcomes, nat_backend, progress, on_plan, destroy_progress)
@@ -101,19 +100,6 @@ def try_manifest(file: str, show: Callable[[list[TryOutcome]], None], *, nat_bac
         raise KernelError(f"cannot make the throw-away world: {err}") from None
     show(outcomes)
     return next((o.code for o in outcomes if o.code), 0)
-
-
-@contextlib.contextmanager
-def _worlds(addresses: dict[str, str]) -> Iterator[dict[str | None, World]]:
-    from .kernel.world import MAKE_TOOLS, World, machines
-
-    if not addresses:
-        with World(MAKE_TOOLS) as world:
-            yield {None: world}
-        return
-    with machines(addresses) as worlds:
-        named: dict[str | None, World] = {host: world for host, world in worlds.items()}
-        yield named
 
 
 def _run(file: str, name: str, worlds: dict[str | None, World], outcomes: list[TryOutcome],

@@ -357,19 +357,31 @@ UNDERLAY = "underlay0"
 
 
 @contextlib.contextmanager
-def machines(addresses: Mapping[str, str]) -> Iterator[dict[str, World]]:
+def machines(addresses: Mapping[str, str], tools: tuple[str, ...] = MAKE_TOOLS) -> Iterator[dict[str, World]]:
     """A world per machine, joined as machines on one network: a bridge in a world of its own,
     and in each machine's world a veth UNDERLAY with that machine's address (/32 or /128) and a
     route to each other machine's address over it — any addresses work, as on a cloud
     underlay, without a subnet to share. Every world ends with the block."""
     with contextlib.ExitStack() as stack:
         fabric = stack.enter_context(World(MAKE_TOOLS))
-        worlds = {name: stack.enter_context(World(MAKE_TOOLS)) for name in addresses}
+        worlds = {name: stack.enter_context(World(tools)) for name in addresses}
         _in_netns_of(fabric.pid, lambda ipr: _fabric(ipr, [w.pid for w in worlds.values()]))
         for name, world in worlds.items():
             others = [a for other, a in addresses.items() if other != name]
             _in_netns_of(world.pid, functools.partial(_machine_side, me=addresses[name], others=others))
         yield worlds
+
+
+@contextlib.contextmanager
+def worlds_for(addresses: Mapping[str, str], tools: tuple[str, ...] = MAKE_TOOLS) -> Iterator[dict[str | None, World]]:
+    """The worlds a topology runs in: one, as {None: world}, without machines; else machines()."""
+    if not addresses:
+        with World(tools) as world:
+            yield {None: world}
+        return
+    with machines(addresses, tools) as worlds:
+        named: dict[str | None, World] = {name: world for name, world in worlds.items()}
+        yield named
 
 
 def _fabric(ipr: IPRoute, pids: list[int]) -> None:
@@ -400,58 +412,121 @@ class LabError(Exception):
     """A topology could not be applied (or its checks failed) in the world."""
 
 
-class Lab:
-    """A topology applied in a world: its nodes, and commands run in them."""
+Worlds = Mapping[str | None, World]   # machine -> its world; one machine: {None: world}
+LabManifest = str | Path | Mapping[str, Any]
 
-    def __init__(self, world: World, name: str, manifest: Path, report: dict[str, Any] | None):
-        self.world = world
+
+def manifest_hosts(manifest: LabManifest) -> dict[str, str]:
+    """The machines of a manifest (`hosts:` name -> address): a world each. {} for a topology on
+    one machine, and for a manifest that does not load (applying it says why, in cnetctl's words)."""
+    from ..errors import CnetctlError
+    from ..load import load_topology, load_topology_text
+
+    try:
+        topo = (load_topology_text(json.dumps(manifest), "<manifest>")[0] if isinstance(manifest, Mapping)
+                else load_topology(str(manifest))[0])
+    except CnetctlError:
+        return {}
+    return {name: str(spec.address) for name, spec in topo.hosts.items()}
+
+
+class Lab:
+    """A topology applied in a world, or in one world per machine (a manifest with `hosts:`):
+    its nodes, and commands run in them, each in the world of the machine it lives on."""
+
+    def __init__(self, worlds: World | Worlds, name: str, manifest: Path, report: dict[str, Any] | None):
+        self.worlds: dict[str | None, World] = {None: worlds} if isinstance(worlds, World) else dict(worlds)
         self.name = name
         self.manifest = manifest
         self.report = report          # apply's verify report (`verify -o json`), None with verify=False
+        from ..hosts import HOST, homes
         from ..load import load_topology
         from ..normalize import netns_name
 
         topo = load_topology(str(manifest))[0]
-        self.nodes: dict[str, str | None] = {node: netns_name(name, node, spec) for node, spec in topo.nodes.items()}
-        self.nodes.setdefault("host", None)
+        self.nodes: dict[str, str | None] = {node: netns_name(name, node, spec, node if node in topo.hosts else HOST)
+                                             for node, spec in topo.nodes.items()}
+        if topo.hosts:
+            home = homes(topo)
+            self.machines: dict[str, str | None] = {node: home.get(node) for node in self.nodes}
+        else:
+            self.nodes.setdefault(HOST, None)
+            self.machines = dict.fromkeys(self.nodes)
+
+    @property
+    def world(self) -> World:
+        """The world of a topology on one machine (with several: `worlds[machine]`, `world_of(node)`)."""
+        if len(self.worlds) != 1:
+            raise LabError(f"topology {self.name} spans machines ({', '.join(map(str, self.worlds))}): "
+                           "use lab.worlds[machine] or lab.world_of(node)")
+        return next(iter(self.worlds.values()))
 
     @classmethod
-    def apply(cls, world: World, manifest: str | Path | Mapping[str, Any], *, verify: bool = True,
+    def apply(cls, worlds: World | Worlds, manifest: LabManifest, *, verify: bool = True,
               extra: tuple[str, ...] = ()) -> Lab:
-        """`cnetctl apply` the manifest in the world; LabError (with cnetctl's words) unless it applied
-        and, with verify, every check passed."""
-        path = world.write_manifest(manifest) if isinstance(manifest, Mapping) else Path(manifest).absolute()
-        res = world.cnetctl("apply", str(path), "-o", "json", *(() if verify else ("--no-verify",)), *extra)
-        if res.returncode not in (0, 1):
-            raise LabError(f"{path}: cnetctl apply exited {res.returncode}:\n{res.stderr.strip()}")
-        out = json.loads(res.stdout)
-        report = out.get("verify")
-        if out["topology"] not in world.topologies:
-            world.topologies.append(out["topology"])
-        if res.returncode == 1:
-            failed = [f"{c['kind']}: {c['detail']}" for c in report["checks"] if not c["ok"]]
-            raise LabError(f"{path}: applied, but {len(failed)} check(s) failed:\n  " + "\n  ".join(failed))
-        return cls(world, out["topology"], path, report)
+        """`cnetctl apply` the manifest: in the world, or each machine's slice in its world
+        (`--host`), then, with verify, every machine's checks (they may need the others'
+        slices). LabError, with cnetctl's words, unless it applied and every check passed."""
+        worlds = {None: worlds} if isinstance(worlds, World) else dict(worlds)
+        first = next(iter(worlds.values()))
+        path = first.write_manifest(manifest) if isinstance(manifest, Mapping) else Path(manifest).absolute()
+        together = list(worlds) == [None]
+        hosts = [] if together else list(manifest_hosts(path))
+        if hosts and sorted(hosts) != sorted(map(str, worlds)):
+            raise LabError(f"{path}: its machines ({', '.join(sorted(hosts))}) are not the worlds' "
+                           f"({', '.join(sorted(map(str, worlds)))})")
+        for machine, world in worlds.items():
+            where = () if machine is None else ("--host", machine)
+            res = world.cnetctl("apply", str(path), "-o", "json", *where,
+                                *(() if verify and together else ("--no-verify",)), *extra)
+            if res.returncode not in (0, 1):
+                hint = ("\n(a topology with hosts: gets a world per machine from the cnetctl_lab fixture, "
+                        "lab_fixture or machines_for)" if together and manifest_hosts(path) else "")
+                raise LabError(f"{path}: cnetctl apply{_on(machine)} exited {res.returncode}:\n"
+                               f"{res.stderr.strip()}{hint}")
+            out = json.loads(res.stdout)
+            if out["topology"] not in world.topologies:
+                world.topologies.append(out["topology"])
+        lab = cls(worlds, out["topology"], path, None)
+        if verify:
+            lab.report = lab._verified(out.get("verify") if together else None)
+        return lab
 
-    def _json(self, *args: str) -> Any:
-        res = self.world.cnetctl(*args)
+    def _verified(self, report: dict[str, Any] | None) -> dict[str, Any]:
+        """The report (verify's now, when None); LabError naming every failed check."""
+        report = report if report is not None else self.verify()
+        failed = [f"{c['kind']}: {c['detail']}{_on(c.get('host'))}" for c in report["checks"] if c["ok"] is False]
+        if failed:
+            raise LabError(f"{self.manifest}: applied, but {len(failed)} check(s) failed:\n  " + "\n  ".join(failed))
+        return report
+
+    def _json(self, machine: str | None, *args: str) -> Any:
+        res = self.worlds[machine].cnetctl(*args)
         if res.returncode not in (0, 1):
-            raise LabError(f"cnetctl {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+            raise LabError(f"cnetctl {' '.join(args)}{_on(machine)} exited {res.returncode}: {res.stderr.strip()}")
         return json.loads(res.stdout)
 
     def netns(self, node: str) -> str | None:
-        """The network namespace of `node` (None: host, the world's own)."""
+        """The network namespace of `node` (None: the root namespace of its machine's world)."""
         if node not in self.nodes:
             raise LabError(f"topology {self.name} has no node {node!r} (nodes: {', '.join(self.nodes)})")
         return self.nodes[node]
 
+    def world_of(self, node: str) -> World:
+        """The world of the machine `node` lives on."""
+        self.netns(node)
+        machine = self.machines[node]
+        if machine not in self.worlds:
+            raise LabError(f"node {node!r} of topology {self.name} lives on no machine of this lab")
+        return self.worlds[machine]
+
     def exec(self, node: str, *argv: str, **kwargs: Any) -> Completed[str]:
         """Run a command in a node and wait for it (World.run's keywords: check, input, timeout, env)."""
-        return self.world.run(*argv, netns=self.netns(node), **kwargs)
+        return self.world_of(node).run(*argv, netns=self.netns(node), **kwargs)
 
     def popen(self, node: str, *argv: str, **kwargs: Any) -> subprocess.Popen[str]:
         """Start a command in a node (a server); it is killed with the world at the latest."""
-        return self.world.popen(*argv, netns=self.netns(node), **kwargs)
+        return self.world_of(node).popen(*argv, netns=self.netns(node), **kwargs)
 
     def ping(self, node: str, to: str, count: int = 1, timeout: float = 1.0) -> bool:
         """A real ping(8) from `node`: True when a reply came back."""
@@ -465,12 +540,29 @@ class Lab:
         return json.loads(out) if out.strip() else []
 
     def verify(self) -> dict[str, Any]:
-        """`cnetctl verify -o json` now: {"topology", "passed", "failed", "checks": […]}."""
-        report: dict[str, Any] = self._json("verify", str(self.manifest), "-o", "json")
-        return report
+        """`cnetctl verify -o json` now: {"topology", "passed", "failed", "checks": […]}. On several
+        machines, each verifies its slice: "checks" holds the checks each ran (with its "host"),
+        "hosts" each machine's own report."""
+        if list(self.worlds) == [None]:
+            report: dict[str, Any] = self._json(None, "verify", str(self.manifest), "-o", "json")
+            return report
+        reports = {m: self._json(m, "verify", str(self.manifest), "--host", str(m), "-o", "json") for m in self.worlds}
+        ran = [{**c, "host": m} for m, r in reports.items() for c in r["checks"] if c["ok"] is not None]
+        return {"topology": self.name, "passed": sum(c["ok"] is True for c in ran),
+                "failed": sum(c["ok"] is False for c in ran), "checks": ran, "hosts": reports}
 
     def destroy(self) -> Completed[str]:
-        return self.world.cnetctl("destroy", "--name", self.name)
+        """`cnetctl destroy` now, on every machine (the fixture does it anyway): the exit code is the
+        first that is not 0, the outputs are the machines' one after the other."""
+        done = [self.worlds[m].cnetctl("destroy", "--name", self.name) for m in self.worlds]
+        if len(done) == 1:
+            return done[0]
+        return Completed([d.args for d in done], next((d.returncode for d in done if d.returncode), 0),
+                         "".join(d.stdout for d in done), "".join(d.stderr for d in done))
+
+
+def _on(machine: str | None) -> str:
+    return f" (on {machine})" if machine else ""
 
 
 def destroy_all(world: World) -> list[str]:
