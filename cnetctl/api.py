@@ -514,11 +514,21 @@ def node_netns(name: str, node: str, directory: str | None = None) -> str | None
     if ns is None:
         return None
     if not os.path.exists(netns_path(ns)):
-        raise UsageError(f"topology {name} has no node {node} (no netns {ns})")
+        raise UsageError(_no_node(name, node, ns, st))
     with Sockets() as sockets:
         if lo_alias(sockets, ns) != owner_label(name):
             raise UsageError(f"netns {ns} is not owned by topology {name}")
     return ns
+
+
+def _no_node(name: str, node: str, ns: str, st: State) -> str:
+    """Why NODE cannot be entered, with what the user can type instead."""
+    if not st.exists:
+        return (f"topology {name} has no node {node} (no netns {ns}, and no state file of {name} here: "
+                f"`cnetctl status` lists the applied topologies)")
+    if node in st.nodes:
+        return f"node {node} of topology {name} has no netns {ns} (removed by hand? `cnetctl apply` makes it again)"
+    return f"topology {name} has no node {node} (its nodes: {', '.join(sorted(st.nodes))})"
 
 
 def exec_in_node(name: str, node: str, argv: list[str], directory: str | None = None) -> None:

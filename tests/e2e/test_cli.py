@@ -70,7 +70,11 @@ def test_plan_apply_status_exec_destroy(clean_world):
     (eth0,) = json.loads(res.stdout)
     assert "10.88.0.2" in [a["local"] for a in eth0["addr_info"]]
     res = cnetctl("exec", "quickstart", "nosuchnode", "--", "true")
-    assert res.returncode == 2 and "no node nosuchnode" in res.stderr
+    assert res.returncode == 2 and "no node nosuchnode (its nodes: db, host, web)" in res.stderr
+    res = cnetctl("explain", "quickstart", "nosuchnode", "--to", "10.88.0.3")
+    assert res.returncode == 2 and "no node nosuchnode (its nodes: db, host, web)" in res.stderr
+    res = cnetctl("exec", "notapplied", "web", "--", "true")
+    assert res.returncode == 2 and "no state file of notapplied here" in res.stderr
 
     assert cnetctl("destroy", QUICK).returncode == 0
     assert cnetctl("status", "quickstart").returncode == 2
