@@ -107,6 +107,11 @@ def declared_addresses(topo: Topology) -> Iterator[tuple[str, str, str, int, str
                     yield node, kind, ifname, k, cidr
 
 
+def host_addresses(topo: Topology) -> dict[str, str]:
+    """Each machine's underlay address (`hosts:` name -> address); {} on one machine."""
+    return {name: str(spec.address) for name, spec in topo.hosts.items()}
+
+
 def homes(topo: Topology) -> dict[str, str]:
     """Node -> the host it lives on, for every node whose place is known."""
     out = {h: h for h in topo.hosts}

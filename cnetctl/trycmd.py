@@ -84,11 +84,12 @@ def try_manifest(file: str, show: Callable[[list[TryOutcome]], None], *, nat_bac
                  destroy_progress: api.Progress | None = None) -> int:
     """The exit code: verify's (0 all checks passed, 1 not), or the code of the first error
     that stopped an apply or a destroy. `show` renders the outcomes (one per machine)."""
+    from .hosts import host_addresses
     from .kernel.world import WorldError, worlds_for
 
     desired = api.validate(file, nat_backend)
     api.require_root()
-    addresses = {name: str(spec.address) for name, spec in desired.topology.hosts.items()}
+    addresses = host_addresses(desired.topology)
     try:
         with worlds_for(addresses) as worlds:
             outcomes = [TryOutcome(desired.name, host) for host in worlds]

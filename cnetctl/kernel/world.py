@@ -420,6 +420,7 @@ def manifest_hosts(manifest: LabManifest) -> dict[str, str]:
     """The machines of a manifest (`hosts:` name -> address): a world each. {} for a topology on
     one machine, and for a manifest that does not load (applying it says why, in cnetctl's words)."""
     from ..errors import CnetctlError
+    from ..hosts import host_addresses
     from ..load import load_topology, load_topology_text
 
     try:
@@ -427,7 +428,7 @@ def manifest_hosts(manifest: LabManifest) -> dict[str, str]:
                 else load_topology(str(manifest))[0])
     except CnetctlError:
         return {}
-    return {name: str(spec.address) for name, spec in topo.hosts.items()}
+    return host_addresses(topo)
 
 
 class Lab:
@@ -471,8 +472,8 @@ class Lab:
         first = next(iter(worlds.values()))
         path = first.write_manifest(manifest) if isinstance(manifest, Mapping) else Path(manifest).absolute()
         together = list(worlds) == [None]
-        hosts = [] if together else list(manifest_hosts(path))
-        if hosts and sorted(hosts) != sorted(map(str, worlds)):
+        hosts = list(manifest_hosts(path))
+        if hosts and not together and sorted(hosts) != sorted(map(str, worlds)):
             raise LabError(f"{path}: its machines ({', '.join(sorted(hosts))}) are not the worlds' "
                            f"({', '.join(sorted(map(str, worlds)))})")
         for machine, world in worlds.items():
@@ -481,7 +482,7 @@ class Lab:
                                 *(() if verify and together else ("--no-verify",)), *extra)
             if res.returncode not in (0, 1):
                 hint = ("\n(a topology with hosts: gets a world per machine from the cnetctl_lab fixture, "
-                        "lab_fixture or machines_for)" if together and manifest_hosts(path) else "")
+                        "lab_fixture or machines_for)" if together and hosts else "")
                 raise LabError(f"{path}: cnetctl apply{_on(machine)} exited {res.returncode}:\n"
                                f"{res.stderr.strip()}{hint}")
             out = json.loads(res.stdout)
