@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from .kernel.addresses import dump_addresses
     from .kernel.labels import lo_alias
     from .kernel.nat import BACKENDS, backend_warnings, detect_backend, nat_owners, require_backend
-    from .kernel.netns import Sockets, netns_path, run_in_netns
+    from .kernel.netns import Sockets, netns_path, run_in_netns, signals_deferred
     from .load import load_topology
     from .model.topology import Topology, is_topology_name
     from .normalize import DesiredState, normalize
     from .observe import CurrentState, observe, scan_owners
-    from .runner import StepHook, execute, interrupted_run
+    from .runner import StepHook, execute, interrupted_run, interrupted_says
     from .verify import CheckResult, VerifyReport, checks_started, readback, run_checks
 else:
     # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
@@ -44,12 +44,14 @@ else:
     klinks = LazyModule("cnetctl.kernel.links")
     BACKENDS, backend_warnings, detect_backend, nat_owners, require_backend = lazy_attrs(
         "cnetctl.kernel.nat", "BACKENDS", "backend_warnings", "detect_backend", "nat_owners", "require_backend")
-    Sockets, netns_path, run_in_netns = lazy_attrs("cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns")
+    Sockets, netns_path, run_in_netns, signals_deferred = lazy_attrs(
+        "cnetctl.kernel.netns", "Sockets", "netns_path", "run_in_netns", "signals_deferred")
     (lo_alias,) = lazy_attrs("cnetctl.kernel.labels", "lo_alias")
     (dump_addresses,) = lazy_attrs("cnetctl.kernel.addresses", "dump_addresses")
     (is_topology_name,) = lazy_attrs("cnetctl.model.topology", "is_topology_name")
     observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
-    execute, interrupted_run = lazy_attrs("cnetctl.runner", "execute", "interrupted_run")
+    execute, interrupted_run, interrupted_says = lazy_attrs(
+        "cnetctl.runner", "execute", "interrupted_run", "interrupted_says")
     CheckResult, VerifyReport, checks_started, readback, run_checks = lazy_attrs(
         "cnetctl.verify", "CheckResult", "VerifyReport", "checks_started", "readback", "run_checks")
 
@@ -202,9 +204,28 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
           progress: Progress | None = None, on_plan: Callable[[str, Plan, list[str]], None] | None = None,
           nat_backend: str | None = None, before_step: StepHook | None = None, host: str | None = None
           ) -> ApplyResult:
+    """Reconcile, then (`verify`) check. Ctrl-C or SIGTERM while the changes are made undoes
+    them; before, nothing was changed; after, they stand, and the message says which it was."""
     directory = state_dir(directory)
     desired = _load(file, directory, nat_backend, host)
     require_root()
+    done: list[Action] = []
+    with interrupted_says(lambda: changes_stand(len(done), verify)):
+        return _apply(file, directory, desired, done, verify=verify, lock_timeout=lock_timeout,
+                      progress=progress, on_plan=on_plan, before_step=before_step)
+
+
+def changes_stand(count: int, checks_pending: bool) -> str:
+    """What an apply stopped by a signal outside its changes leaves: nothing, or all of them."""
+    if not count:
+        return "nothing had been changed yet"
+    checks = "; `cnetctl verify` runs its checks" if checks_pending else ""
+    return f"the apply had finished: its {count} change(s) stand{checks}"
+
+
+def _apply(file: str, directory: str, desired: DesiredState, done: list[Action], *, verify: bool,
+           lock_timeout: float, progress: Progress | None,
+           on_plan: Callable[[str, Plan, list[str]], None] | None, before_step: StepHook | None) -> ApplyResult:
     with TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
             Sockets() as sockets:
         st = State.load(desired.name, directory)
@@ -228,14 +249,15 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
             kernel = Kernel(desired.name, st, sockets)
             try:
                 execute(kernel, the_plan, progress=progress, journal=journal_path(desired.name, directory),
-                        before_step=before_step)
+                        before_step=before_step, done=done)
             except BaseException:
                 if not _owns_anything(desired.name, st, sockets):
                     st.remove()
                 raise
-        st.nodes, st.manifest, st.applied_at = dict(desired.nodes), os.path.abspath(file), time.time()
-        st.nat_backend, st.host = desired.nat_backend, desired.host
-        st.save()
+        with signals_deferred():   # the record of what now stands is written whole
+            st.nodes, st.manifest, st.applied_at = dict(desired.nodes), os.path.abspath(file), time.time()
+            st.nat_backend, st.host = desired.nat_backend, desired.host
+            st.save()
         if verify:
             result.report = _verified(desired, st, sockets)
         return result

@@ -223,16 +223,22 @@ def apply(file: FileArg, output: OutputOpt = Output.text,
         if progress:
             progress.expect(len(p.actions), "applying")
 
-    with progress or contextlib.nullcontext():
-        result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
-                           progress=progress, on_plan=announce, nat_backend=_backend(nat_backend),
-                           before_step=hook_from_env(), host=host)
-    if output is Output.json:
-        data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
-                "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
-        print_json(data)
-    elif result.report:
-        print_report(result.report)
+    result: api.ApplyResult | None = None
+
+    def what_stands() -> str:   # api.apply says it for a signal inside it; this, for one after it
+        return api.changes_stand(len(result.plan.actions) if result else 0, checks_pending=False)
+
+    with api.interrupted_says(what_stands):
+        with progress or contextlib.nullcontext():
+            result = api.apply(file, Opts.state_dir, verify=not no_verify, lock_timeout=lock_timeout,
+                               progress=progress, on_plan=announce, nat_backend=_backend(nat_backend),
+                               before_step=hook_from_env(), host=host)
+        if output is Output.json:
+            data = {"topology": result.topology, "plan": plan_json(result.plan, result.topology),
+                    "warnings": result.warnings, "verify": result.report.to_json() if result.report else None}
+            print_json(data)
+        elif result.report:
+            print_report(result.report)
     if result.report and not result.report.ok:
         raise typer.Exit(1)
 

@@ -107,10 +107,14 @@ StepHook = Callable[[int, Action], None]
 
 
 def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str | None = None,
-            progress: Progress | None = None, before_step: StepHook | None = None) -> list[Action]:
+            progress: Progress | None = None, before_step: StepHook | None = None,
+            done: list[Action] | None = None) -> list[Action]:
     """Run every action; return the ones done. On a KernelError, Ctrl-C or SIGTERM, undo
-    them and raise an error that says so."""
-    done: list[Action] = []
+    them and raise an error that says so.
+
+    `done`, if given, is the list the done actions go to: a caller whose own code a signal
+    may cut short right after this returns can still tell what stands."""
+    done = [] if done is None else done
     log = Journal(journal if plan.actions else None)
     try:
         for i, action in enumerate(plan.actions, 1):
@@ -141,8 +145,22 @@ def execute(kernel: Kernel, plan: Plan, *, rollback: bool = True, journal: str |
         undo_errors = undo(kernel, done, progress)
         log.close(remove=not undo_errors)
         raise _rolled_back(err, len(done), undo_errors) from err
-    log.close(remove=True)
+    with signals_deferred():   # every action stands now: a signal here must not leave the journal behind
+        log.close(remove=True)
     return done
+
+
+@contextlib.contextmanager
+def interrupted_says(outcome: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block ends the run (exit 130 or 143) with `outcome()`,
+    what the run had done by then, said after it."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as err:
+        stopped = _interrupted(err, outcome())
+        if stopped is None:
+            raise
+        raise stopped from err
 
 
 def _interrupted(err: BaseException, outcome: str) -> Interrupted | None:

@@ -218,7 +218,12 @@ def test_signal_to_the_process_group_never_hangs_or_leaks(sig, tmp_path):
         assert proc.returncode in (0, 130, 143), (delay, err)
         assert "Traceback" not in err and "Exception ignored" not in err, err
         assert run("pgrep", "-g", str(proc.pid)).stdout == ""  # no orphaned helper
-        if proc.returncode != 0:
+        applied = sum(1 for line in out.splitlines() if line.startswith("+ "))
+        if proc.returncode != 0 and "the apply had finished" in err:
+            # The signal came after the last change (a fast apply): every change stands, and says so.
+            assert f"the apply had finished: its {applied} change(s) stand" in err, err
+            assert len([n for n in netns_list() if n.startswith("many-")]) == 150
+        elif proc.returncode != 0:
             # Every undone change has its rollback line (a fast apply is past the namespaces and
             # at their `lo` settings by the time the signal comes).
             undone = sum(1 for line in out.splitlines() if line.startswith("rollback: "))
@@ -231,6 +236,39 @@ def test_signal_to_the_process_group_never_hangs_or_leaks(sig, tmp_path):
         res = cnetctl("destroy", "--name", "many", "--lock-timeout", "0")
         assert res.returncode == 0, res.stderr
         assert snapshot() == before
+
+
+def test_a_signal_after_the_changes_leaves_them_applied_and_says_so(tmp_path):
+    """SIGTERM while the checks run: the apply is done (state recorded, nothing undone)."""
+    doc = {"apiVersion": "cnetctl/v1", "name": "late",
+           "nodes": {"host": {"bridges": {"br-late": {"addresses": ["10.61.0.1/24"]}}},
+                     "c1": {"interfaces": {"eth0": {"addresses": ["10.61.0.2/24"]}}}},
+           "links": [["c1:eth0", "host:br-late"]],
+           "checks": [{"ping": {"from": "c1", "to": "10.61.0.99", "expect": "unreachable", "timeout": 20}}]}
+    state_file = Path(os.environ["CNETCTL_STATE_DIR"]) / "late.json"
+    proc = subprocess.Popen([sys.executable, "-m", "cnetctl", "apply", write(tmp_path, doc)], cwd=ROOT,
+                            preexec_fn=default_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (state_file.exists() and json.loads(state_file.read_text()).get("applied_at")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)   # into the check's 20-second wait
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    changes = sum(1 for line in out.splitlines() if line.startswith("+ "))
+    assert proc.returncode == 143, err
+    assert changes > 0 and "rollback" not in out
+    assert (f"cnetctl: terminated (SIGTERM); the apply had finished: its {changes} change(s) stand; "
+            "`cnetctl verify` runs its checks") in err, err
+    assert "Traceback" not in err
+    assert addrs("late-c1", "eth0") == {"10.61.0.2/24"}
+    assert addrs(None, "br-late") == {"10.61.0.1/24"}
+    assert not (Path(os.environ["CNETCTL_STATE_DIR"]) / "late.journal").exists()
+    res = cnetctl("status", "-o", "json")
+    assert "late" in res.stdout, res.stdout + res.stderr
+    assert cnetctl("destroy", "--name", "late").returncode == 0
+    assert "late-c1" not in netns_list()
 
 
 def test_a_stale_mount_point_is_replaced_by_apply_and_removed_by_destroy(tmp_path):
