@@ -75,6 +75,10 @@ def test_plan_apply_status_exec_destroy(clean_world):
     assert res.returncode == 2 and "no node nosuchnode (its nodes: db, host, web)" in res.stderr
     res = cnetctl("exec", "notapplied", "web", "--", "true")
     assert res.returncode == 2 and "no state file of notapplied here" in res.stderr
+    subprocess.run(["ip", "netns", "del", "quickstart-db"], check=True)   # a user's slip
+    res = cnetctl("exec", "quickstart", "db", "--", "true")
+    assert res.returncode == 2 and "node db of topology quickstart has no netns quickstart-db (removed by hand? " \
+        "`cnetctl apply` makes it again)" in res.stderr, res.stderr
 
     assert cnetctl("destroy", QUICK).returncode == 0
     assert cnetctl("status", "quickstart").returncode == 2
