@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .model.topology import Topology, is_topology_name
     from .normalize import DesiredState, normalize
     from .observe import CurrentState, observe, scan_owners
-    from .runner import StepHook, execute, interrupted_run, interrupted_says
+    from .runner import StepHook, changes_stand, execute, interrupted_run, interrupted_says
     from .verify import CheckResult, VerifyReport, checks_started, readback, run_checks
 else:
     # The kernel side (pyroute2 and all) is imported at first use: `validate` needs none of it.
@@ -50,8 +50,8 @@ else:
     (dump_addresses,) = lazy_attrs("cnetctl.kernel.addresses", "dump_addresses")
     (is_topology_name,) = lazy_attrs("cnetctl.model.topology", "is_topology_name")
     observe, scan_owners = lazy_attrs("cnetctl.observe", "observe", "scan_owners")
-    execute, interrupted_run, interrupted_says = lazy_attrs(
-        "cnetctl.runner", "execute", "interrupted_run", "interrupted_says")
+    changes_stand, execute, interrupted_run, interrupted_says = lazy_attrs(
+        "cnetctl.runner", "changes_stand", "execute", "interrupted_run", "interrupted_says")
     CheckResult, VerifyReport, checks_started, readback, run_checks = lazy_attrs(
         "cnetctl.verify", "CheckResult", "VerifyReport", "checks_started", "readback", "run_checks")
 
@@ -210,23 +210,8 @@ def apply(file: str, directory: str | None = None, *, verify: bool = True, lock_
     desired = _load(file, directory, nat_backend, host)
     require_root()
     done: list[Action] = []
-    with interrupted_says(lambda: changes_stand(len(done), verify)):
-        return _apply(file, directory, desired, done, verify=verify, lock_timeout=lock_timeout,
-                      progress=progress, on_plan=on_plan, before_step=before_step)
-
-
-def changes_stand(count: int, checks_pending: bool) -> str:
-    """What an apply stopped by a signal outside its changes leaves: nothing, or all of them."""
-    if not count:
-        return "nothing had been changed yet"
-    checks = "; `cnetctl verify` runs its checks" if checks_pending else ""
-    return f"the apply had finished: its {count} change(s) stand{checks}"
-
-
-def _apply(file: str, directory: str, desired: DesiredState, done: list[Action], *, verify: bool,
-           lock_timeout: float, progress: Progress | None,
-           on_plan: Callable[[str, Plan, list[str]], None] | None, before_step: StepHook | None) -> ApplyResult:
-    with TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
+    with interrupted_says(lambda: changes_stand(len(done), verify)), \
+            TopologyLock(desired.name, directory, lock_timeout), host_lock(directory, lock_timeout), \
             Sockets() as sockets:
         st = State.load(desired.name, directory)
         _same_slice(st, desired.host)

@@ -163,6 +163,14 @@ def interrupted_says(outcome: Callable[[], str]) -> Iterator[None]:
         raise stopped from err
 
 
+def changes_stand(count: int, checks_pending: bool) -> str:
+    """What a run that a signal stopped outside its changes leaves: nothing, or all `count`."""
+    if not count:
+        return "nothing had been changed yet"
+    checks = "; `cnetctl verify` runs its checks" if checks_pending else ""
+    return f"the apply had finished: its {count} change(s) stand{checks}"
+
+
 def _interrupted(err: BaseException, outcome: str) -> Interrupted | None:
     if isinstance(err, KeyboardInterrupt):
         return Interrupted(f"interrupted (Ctrl-C); {outcome}", 130)
@@ -178,7 +186,7 @@ def _rolled_back(err: BaseException, count: int, undo_errors: list[str]) -> Base
     elif count:
         outcome = f"rolled back: the {count} change(s) this run made were undone; the previous state stands"
     else:
-        outcome = "nothing had been changed yet"
+        outcome = changes_stand(0, checks_pending=False)
     interrupted = _interrupted(err, outcome)
     if interrupted:
         return interrupted
